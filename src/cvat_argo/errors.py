@@ -1,0 +1,38 @@
+"""Errors a user can act on.
+
+Every error the CLI shows is a :class:`CvatArgoError`: its message names the argument, file, model or
+machine at fault and, where there is one, what to do instead. The CLI prints the message and exits
+with :attr:`CvatArgoError.exit_code`; it never prints a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class CvatArgoError(Exception):
+    """Base class: a problem the user can fix, described in one or a few lines."""
+
+    exit_code = 2
+
+
+class ArgumentError(CvatArgoError, ValueError):
+    """A training argument (``epochs=...,batch_size=...``) is unknown or out of range."""
+
+
+class CatalogError(CvatArgoError, ValueError):
+    """A model or machine catalog entry, or a catalog file, is invalid or missing."""
+
+
+class RequestError(CvatArgoError, ValueError):
+    """A training request cannot be run as asked (source, model, machine, arguments)."""
+
+
+class RenderDriftError(CvatArgoError):
+    """Committed rendered files differ from what the code renders now."""
+
+    exit_code = 1
+
+
+class SubmitError(CvatArgoError):
+    """The Argo server refused or could not be reached; the message says what to check."""
+
+    exit_code = 3

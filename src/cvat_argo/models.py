@@ -1,0 +1,114 @@
+"""One model of the catalog: a name CVAT users know, mapped to a TF Model Garden experiment.
+
+An entry carries everything the stages need to build, train and serve the model, so that adding a
+model never needs code: the Model Garden experiment and the backbone and decoder that replace its
+defaults, the input size, per-GPU batch size, learning rate, epochs by dataset size, the minimum
+number of GPUs, the base checkpoint, and the image of each stage. Where Model Garden lacks the exact
+backbone a seed name promises, ``stand_in`` says what is used instead and why.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .images import STAGE_IMAGES
+
+
+class Checkpoint(BaseModel):
+    """The base weights a run starts from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: str | None = Field(
+        None, description="https://, s3://, gs:// or a path; a tar archive or a checkpoint prefix. None: from scratch",
+    )
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="digest of the archive; None: not pinned (pull-base-model records the digest it saw)",
+    )
+    modules: Literal["backbone", "all"] = Field(
+        "backbone", description="what to restore: the backbone only, or the whole model but the class head",
+    )
+    trained_on: str = Field("", description="what the weights were trained on, for the catalog table")
+
+    @field_validator("uri")
+    @classmethod
+    def _supported_scheme(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        scheme = urlparse(uri).scheme
+        if len(scheme) > 1 and scheme not in ("https", "http", "s3", "gs", "file"):
+            raise ValueError(f"checkpoint uri {uri!r}: scheme {scheme!r} is not one of https, s3, gs, file or a path")
+        return uri
+
+
+class EpochRule(BaseModel):
+    """``epochs`` for data sets with at most ``up_to_images`` training images (None: any size)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    up_to_images: int | None = Field(None, ge=1)
+    epochs: int = Field(ge=1, le=10_000)
+
+
+class ModelEntry(BaseModel):
+    """A catalog entry. Built-in entries live in ``catalog.yaml``; user files use the same fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)
+    description: str
+    architecture: Literal["retinanet", "faster_rcnn", "mask_rcnn"]
+    experiment: str = Field(description="TF Model Garden experiment the config starts from (exp_factory name)")
+    backbone: dict[str, Any] = Field(description="Model Garden backbone config: {type: resnet, resnet: {model_id: 50}}")
+    decoder: dict[str, Any] = Field(description="Model Garden decoder config, e.g. {type: fpn}")
+    input_size: int = Field(ge=64, le=2048)
+    input_size_multiple: int = Field(
+        ge=1, description="the input size must be a multiple of 2**max_level of the feature pyramid",
+    )
+    batch_size: int = Field(ge=1, le=512, description="default batch size per GPU (global = this x num_clones)")
+    initial_learning_rate: float = Field(gt=0, le=10)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    epochs: tuple[EpochRule, ...] = Field(min_length=1, description="default epochs by training set size")
+    min_gpus: int = Field(0, ge=0, le=16, description="refused on machine types with fewer GPUs")
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    images: dict[str, str] = Field(default_factory=dict, description="stage -> image; missing stages use defaults")
+    stand_in: str | None = Field(None, description="what replaces the backbone the name promises, and why")
+    tflite: bool = Field(False, description="Model Garden's TFLite export path handles this architecture")
+    masks: bool = Field(False, description="trains on polygons/masks as well as boxes")
+
+    @field_validator("images")
+    @classmethod
+    def _known_stages(cls, images: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(images) - set(STAGE_IMAGES))
+        if unknown:
+            raise ValueError(f"images for unknown stages {unknown}: stages are {', '.join(STAGE_IMAGES)}")
+        return images
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelEntry:
+        if self.input_size % self.input_size_multiple:
+            raise ValueError(
+                f"input_size {self.input_size} is not a multiple of input_size_multiple {self.input_size_multiple}"
+            )
+        bounded = [rule.up_to_images for rule in self.epochs[:-1]]
+        if None in bounded or self.epochs[-1].up_to_images is not None:
+            raise ValueError("epochs: every rule but the last needs up_to_images; the last rule has none (any size)")
+        if bounded != sorted(bounded):
+            raise ValueError("epochs: rules must be in increasing up_to_images order")
+        if self.masks and self.architecture != "mask_rcnn":
+            raise ValueError("masks: only mask_rcnn models train on masks")
+        return self
+
+    def default_epochs(self, train_images: int) -> int:
+        """Epochs for a training split of ``train_images`` images: small sets need more passes."""
+        for rule in self.epochs:
+            if rule.up_to_images is None or train_images <= rule.up_to_images:
+                return rule.epochs
+        raise AssertionError("the last epoch rule has no bound")  # guaranteed by _consistent
+
+    def stage_image(self, stage: str, defaults: dict[str, str]) -> str:
+        return self.images.get(stage, defaults[stage])
