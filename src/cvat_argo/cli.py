@@ -1,0 +1,255 @@
+"""``python -m cvat_argo``: models, machines, plan, render, submit.
+
+Every command that builds a run takes the same request flags (``--task-id``/``--source``,
+``--model``, ``--machine``, ``--args``), so what works in ``plan`` works in ``submit``. Errors a user
+can fix print one readable message and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .catalog import Catalog, load_catalog
+from .errors import CvatArgoError
+from .spec import DEFAULT_MACHINE, DEFAULT_OUTPUT_PREFIX, TrainingRequest
+
+DEFAULT_RENDER_DIR = Path("workflow_templates")
+
+
+def _console(stream=None) -> Console:
+    # Outside a terminal (CI logs, pipes) rich would wrap tables at 80 columns.
+    stream = stream or sys.stdout
+    return Console(file=stream, width=None if stream.isatty() else 160, highlight=False)
+
+
+def _add_catalog_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--catalog", metavar="FILE",
+                        help="YAML catalog that extends or overrides the built-in models and machine types "
+                             "(default: $CVAT_ARGO_CATALOG)")
+
+
+def _add_request_flags(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task-id", type=int, help="CVAT task to train on (server and credentials: CVAT_HOST, ...)")
+    source.add_argument("--source", help="CVAT export to train on: s3://bucket/key, https:// URL (or a local path "
+                                         "for `run`)")
+    parser.add_argument("--model", help="model from the catalog (default: the catalog's default model)")
+    parser.add_argument("--machine", default=DEFAULT_MACHINE, help=f"machine type (default: {DEFAULT_MACHINE})")
+    parser.add_argument("--args", default="", metavar="ARGS",
+                        help="training arguments as CVAT users type them: epochs=100,batch_size=24,"
+                             "initial_learning_rate=0.004,num_clones=4 (or YAML)")
+    parser.add_argument("--args-file", type=Path, metavar="FILE", help="training arguments from a YAML file")
+    parser.add_argument("--base-model", metavar="URI", help="base checkpoint instead of the catalog's")
+    parser.add_argument("--base-model-sha256", metavar="HEX", help="expected sha256 of --base-model")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share (default 0.1)")
+    parser.add_argument("--output-prefix", default=DEFAULT_OUTPUT_PREFIX, help="artifact key prefix")
+    parser.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard sidecar on training")
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="extra workflow label")
+    _add_catalog_flag(parser)
+
+
+def _request(ns: argparse.Namespace, catalog: Catalog) -> TrainingRequest:
+    args = ns.args_file.read_text(encoding="utf-8") if ns.args_file else ns.args
+    labels = {}
+    for item in ns.label:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CvatArgoError(f"--label {item!r} is not KEY=VALUE")
+        labels[key] = value
+    request = TrainingRequest.create(
+        source=ns.source, task_id=ns.task_id, args=args, model=ns.model or catalog.default_model,
+        machine=ns.machine, base_model_uri=ns.base_model, base_model_sha256=ns.base_model_sha256,
+        val_fraction=ns.val_fraction, output_prefix=ns.output_prefix, tensorboard=not ns.no_tensorboard,
+        labels=labels,
+    )
+    catalog.resolve(request)  # refuse an impossible request before anything else happens
+    return request
+
+
+def cmd_models(ns: argparse.Namespace) -> int:
+    catalog = load_catalog(ns.catalog)
+    if ns.json:
+        print(json.dumps(catalog.model(ns.json).model_dump(mode="json"), indent=2, sort_keys=True))
+        return 0
+    table = Table(title=f"Model catalog ({' + '.join(catalog.sources)}); default: {catalog.default_model}")
+    for column in ("model", "architecture", "backbone / decoder", "input", "batch/GPU", "lr", "min GPUs",
+                   "TFLite", "base weights"):
+        table.add_column(column, overflow="fold")
+    for entry in catalog.models.values():
+        backbone = entry.backbone.get("type", "?")
+        detail = entry.backbone.get(backbone, {})
+        model_id = detail.get("model_id", "") if isinstance(detail, dict) else ""
+        stand_in = " (stand-in)" if entry.stand_in else ""
+        table.add_row(
+            entry.name, entry.architecture, f"{backbone} {model_id}{stand_in} / {entry.decoder.get('type', '?')}",
+            str(entry.input_size), str(entry.batch_size), f"{entry.initial_learning_rate:g} {entry.optimizer}",
+            str(entry.min_gpus), "yes" if entry.tflite else "no",
+            entry.checkpoint.trained_on or (entry.checkpoint.uri or "none (from scratch)"),
+        )
+    console = _console()
+    console.print(table)
+    for entry in catalog.models.values():
+        if entry.stand_in:
+            console.print(f"[bold]{entry.name}[/bold]: {entry.stand_in}")
+    return 0
+
+
+def cmd_machines(ns: argparse.Namespace) -> int:
+    catalog = load_catalog(ns.catalog)
+    table = Table(title="Machine types")
+    for column in ("machine", "GPUs", "CPU", "memory", "/dev/shm", "node selector", "description"):
+        table.add_column(column, overflow="fold")
+    for m in catalog.machines.values():
+        selector = ", ".join(f"{k}={v}" for k, v in m.node_selector.items()) or "-"
+        table.add_row(m.name, str(m.gpus), m.cpu, m.memory, m.shm_size, selector, m.description)
+    _console().print(table)
+    return 0
+
+
+def cmd_plan(ns: argparse.Namespace) -> int:
+    from .pipeline import build_pipeline
+
+    catalog = load_catalog(ns.catalog)
+    pipeline = build_pipeline(_request(ns, catalog), catalog)
+    resolved = pipeline.resolved
+    out = sys.stdout
+    out.write(f"{resolved.model.name} on {resolved.machine.name} ({resolved.machine.description})\n"
+              f"arguments: {resolved.arguments.to_string()}\n\n")
+    for stage in (*pipeline.topological_order(), pipeline.exit_stage):
+        res = stage.resources
+        after = ", ".join(stage.depends) or ("when the run ends" if stage is pipeline.exit_stage else "start")
+        gpus = f", GPUs {{param:{res.gpu_parameter}}}" if res.gpu_parameter else ""
+        deadline = stage.deadline_seconds
+        out.write(f"{stage.name}  (after: {after}; cpu {res.cpu}, memory {res.memory}{gpus}; "
+                  f"retries {stage.retry.limit if stage.retry else 0}; deadline "
+                  f"{f'{deadline // 3600}h' if deadline >= 3600 else f'{deadline}s'})\n")
+        out.write(f"    {' '.join(stage.command)}\n")
+        if stage.inputs:
+            out.write(f"    in:  {', '.join(f'{a.name} <- {a.stage}/{a.artifact}' for a in stage.inputs)}\n")
+        out.write(f"    out: {', '.join(stage.outputs)}\n")
+    values = pipeline.parameter_values()
+    out.write("\nparameters:\n" + "".join(f"    {k} = {v!r}\n" for k, v in values.items() if k != "model-spec"))
+    return 0
+
+
+def cmd_render(ns: argparse.Namespace) -> int:
+    from .render import ClusterSettings, check_or_raise, render_files, write_files
+
+    settings = ClusterSettings(bucket=ns.bucket, s3_endpoint=ns.s3_endpoint, s3_insecure=not ns.s3_tls,
+                               s3_region=ns.s3_region)
+    files = render_files(load_catalog(ns.catalog), settings)
+    if ns.check:
+        check_or_raise(files, ns.out)
+        print(f"{ns.out}: {len(files)} files match the code")
+        return 0
+    written, removed = write_files(files, ns.out)
+    print(f"{ns.out}: {len(files)} files, {len(written)} written, {len(removed)} removed "
+          f"(install: kubectl apply -k {ns.out})")
+    return 0
+
+
+def cmd_submit(ns: argparse.Namespace) -> int:
+    from . import yamlio
+    from .argo import cluster_pipeline, template_name, workflow_for, workflow_template_for
+    from .submission import ArgoConnection, submit
+
+    catalog = load_catalog(ns.catalog)
+    request = _request(ns, catalog)
+    if ns.dry_run:
+        pipeline = cluster_pipeline(request, catalog)
+        objects = [workflow_for(pipeline).to_dict()]
+        if ns.install_template:
+            objects.insert(0, workflow_template_for(pipeline).to_dict())
+        sys.stdout.write(yamlio.dump_all(objects))
+        print(f"# dry run: nothing sent; the workflow uses WorkflowTemplate {template_name(pipeline.resolved)}",
+              file=sys.stderr)
+        return 0
+    connection = ArgoConnection.from_env(
+        server=ns.server, namespace=ns.namespace, token=ns.token, base_href=ns.base_href,
+        insecure_skip_verify=True if ns.insecure_skip_verify else None, ca_file=ns.ca_file,
+    )
+    run = submit(request, connection, catalog=catalog, install_template=ns.install_template)
+    print(f"submitted {run.name} in namespace {run.namespace} (WorkflowTemplate {run.template})")
+    print(f"  UI: {connection.url}workflows/{run.namespace}/{run.name}")
+    for where, key in run.artifacts.items():
+        print(f"  {where}: {key}")
+    if not ns.wait:
+        return 0
+    started = time.monotonic()
+    phase = run.wait(poll_seconds=ns.poll,
+                     on_phase=lambda p: print(f"  [{time.monotonic() - started:7.0f} s] {run.name}: {p}", flush=True))
+    return 0 if phase == "Succeeded" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cvat_argo",
+        description="Train a detector on your CVAT annotations and pre-annotate the rest, on Argo or here.",
+    )
+    parser.add_argument("--version", action="version", version=f"cvat-argo {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = sub.add_parser("models", help="list the model catalog")
+    _add_catalog_flag(models)
+    models.add_argument("--json", metavar="MODEL", help="print one entry as JSON (the model-spec parameter)")
+    models.set_defaults(func=cmd_models)
+
+    machines = sub.add_parser("machines", help="list the machine types")
+    _add_catalog_flag(machines)
+    machines.set_defaults(func=cmd_machines)
+
+    plan = sub.add_parser("plan", help="show the stages, commands and parameters of a run without running it")
+    _add_request_flags(plan)
+    plan.set_defaults(func=cmd_plan)
+
+    render = sub.add_parser("render", help="write the WorkflowTemplates and cluster objects for GitOps")
+    render.add_argument("--out", type=Path, default=DEFAULT_RENDER_DIR, help="folder (default: workflow_templates)")
+    render.add_argument("--check", action="store_true", help="exit 1 with a diff when --out differs from the code")
+    render.add_argument("--bucket", default="cvat-argo", help="bucket in the example artifact repository")
+    render.add_argument("--s3-endpoint", default="minio.minio.svc.cluster.local:9000", help="MinIO/S3 host:port")
+    render.add_argument("--s3-region", default="us-east-1")
+    render.add_argument("--s3-tls", action="store_true", help="the S3 endpoint speaks TLS")
+    _add_catalog_flag(render)
+    render.set_defaults(func=cmd_render)
+
+    submit = sub.add_parser("submit", help="submit a run to an Argo server (ARGO_SERVER, ARGO_TOKEN, ...)")
+    _add_request_flags(submit)
+    submit.add_argument("--wait", action="store_true", help="wait for the run to finish; exit 1 unless it succeeded")
+    submit.add_argument("--poll", type=float, default=10.0, help="seconds between status checks with --wait")
+    submit.add_argument("--dry-run", action="store_true", help="print the YAML that would be sent; send nothing")
+    submit.add_argument("--install-template", action="store_true",
+                        help="create or update the machine type's WorkflowTemplate before submitting")
+    submit.add_argument("--server", help="Argo server, host:port or URL (default: $ARGO_SERVER)")
+    submit.add_argument("--namespace", help="namespace (default: $ARGO_NAMESPACE or argo)")
+    submit.add_argument("--token", help="bearer token (default: $ARGO_TOKEN; prefer the variable)")
+    submit.add_argument("--base-href", help="path the server is served under (default: $ARGO_BASE_HREF)")
+    submit.add_argument("--insecure-skip-verify", action="store_true", help="do not verify the TLS certificate")
+    submit.add_argument("--ca-file", help="CA bundle to verify the server's certificate with")
+    submit.set_defaults(func=cmd_submit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return ns.func(ns)
+    except CvatArgoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
