@@ -36,3 +36,15 @@ class SubmitError(CvatArgoError):
     """The Argo server refused or could not be reached; the message says what to check."""
 
     exit_code = 3
+
+
+class DatasetError(CvatArgoError, ValueError):
+    """Input data is unusable: names the file, image, line or label at fault."""
+
+    exit_code = 4
+
+
+class TransientError(CvatArgoError):
+    """A failure worth retrying (network, 5xx): steps exit with TRANSIENT_EXIT_CODE (75) for it."""
+
+    exit_code = 75

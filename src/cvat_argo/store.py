@@ -23,7 +23,6 @@ import hashlib
 import os
 import re
 import shutil
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -41,6 +40,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import check_bucket_name
 
 from .errors import CvatArgoError, DatasetError, TransientError
+from .progress import progress_bar as shared_progress_bar
 
 STORE_VAR = "CVAT_ARGO_STORE"
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # the service-specific one wins, as in the AWS SDKs
@@ -110,21 +110,9 @@ class _NullBar:
         return None
 
 
-@contextmanager
-def progress_bar(total: int | None, desc: str, enabled: bool = True) -> Iterator[_Bar]:
-    """A byte-counting tqdm bar on stderr; outside a terminal it prints at most every 30 s (pod logs)."""
-    if not enabled:
-        yield _NullBar()
-        return
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional: no bar, same transfer
-        yield _NullBar()
-        return
-    tty = sys.stderr.isatty()
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-              mininterval=0.1 if tty else 30, ascii=not tty, dynamic_ncols=tty) as bar:
-        yield bar
+def progress_bar(total: int | None, desc: str, enabled: bool = True):
+    """A byte-counting bar on stderr (a plain line every few seconds in pod logs); see cvat_argo.progress."""
+    return shared_progress_bar(desc, total, unit="B", enabled=enabled)
 
 
 class _MinioProgress:

@@ -1,0 +1,68 @@
+"""The dataset stage's short report: counts per split and label, box sizes, warnings, and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.ticker import ScalarFormatter
+
+from .plots import new_figure, save_figure
+
+
+def plot(path: Path, summary: dict[str, Any], box_sizes: list[tuple[float, float]]) -> None:
+    labels = summary["labels"]
+    figure, (counts_axis, sizes_axis) = new_figure(ncols=2, width=11, height=4)
+    offsets = {"train": -0.2, "val": 0.2}
+    for split, offset in offsets.items():
+        values = [summary["objects"].get(split, {}).get(name, 0) for name in labels]
+        counts_axis.bar([i + offset for i in range(len(labels))], values, width=0.4, label=split)
+    counts_axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    counts_axis.set_ylabel("objects")
+    counts_axis.set_title("objects per label")
+    counts_axis.legend()
+    if box_sizes:
+        sizes_axis.scatter([w for w, _ in box_sizes], [h for _, h in box_sizes], s=4, alpha=0.4)
+        sizes_axis.set_xscale("log")
+        sizes_axis.set_yscale("log")
+        for axis in (sizes_axis.xaxis, sizes_axis.yaxis):
+            axis.set_major_formatter(ScalarFormatter())
+    sizes_axis.set_xlabel("box width (px)")
+    sizes_axis.set_ylabel("box height (px)")
+    sizes_axis.set_title("box sizes")
+    save_figure(figure, path)
+
+
+def write_report(out: Path, summary: dict[str, Any], box_sizes: list[tuple[float, float]]) -> None:
+    plot(out / "dataset.png", summary, box_sizes)
+    images = summary["images"]
+    lines = [
+        "# Dataset",
+        "",
+        f"Source: `{summary['source']}` ({summary['format']}).",
+        "",
+        "| | images | objects |",
+        "|---|---:|---:|",
+    ]
+    for split in ("train", "val"):
+        lines.append(f"| {split} | {images[split]} | {sum(summary['objects'].get(split, {}).values())} |")
+    lines += [f"| to pre-annotate | {images['unannotated']} | |", f"| skipped | {images['skipped']} | |", "",
+              "| label | train | val |", "|---|---:|---:|"]
+    for name in summary["labels"]:
+        lines.append(f"| {name} | {summary['objects'].get('train', {}).get(name, 0)} | "
+                     f"{summary['objects'].get('val', {}).get(name, 0)} |")
+    boxes = summary.get("boxes") or {}
+    if boxes:
+        lines += ["", f"Box width median {boxes['width']['median']} px (min {boxes['width']['min']}, max "
+                  f"{boxes['width']['max']}); height median {boxes['height']['median']} px. COCO size classes: "
+                  + ", ".join(f"{k}: {v}" for k, v in boxes["coco_size"].items()) + "."]
+    if summary["dropped_shapes"]:
+        lines += ["", "Dropped shapes: " + ", ".join(f"{v} ({k})" for k, v in summary["dropped_shapes"].items()) + "."]
+    if summary["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
+    if summary["skipped"]:
+        lines += ["", "## Skipped", ""] + [f"- {s['item']}: {s['reason']}" for s in summary["skipped"][:50]]
+        if len(summary["skipped"]) > 50:
+            lines.append(f"- ... and {len(summary['skipped']) - 50} more (all in dataset.json)")
+    lines += ["", "![labels and box sizes](dataset.png)", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")

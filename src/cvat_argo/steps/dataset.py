@@ -1,0 +1,363 @@
+"""create-dataset: a CVAT export in, TFRecord shards and the list of images to pre-annotate out.
+
+``python -m cvat_argo.steps.dataset --source SRC --out DIR [--val-fraction 0.1] [--seed 0]
+[--labels a,b] [--rename a=b] [--empty-frames pre-annotate|negatives] [--strict]``
+
+Two streaming passes over the annotations keep memory flat in the task size: the first decides
+which images are annotated and splits them (seeded, stratified), the second writes each image once,
+JPEG and PNG bytes passing through unchanged. Nothing here imports TensorFlow. The output folder
+appears only when complete (written as ``DIR.partial`` and renamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from ..dataset_report import write_report
+from ..dataset_source import Export, open_export
+from ..errors import CvatArgoError, DatasetError
+from ..formats.annotations import ImageRecord
+from ..formats.geometry import box_area, clip_box
+from ..formats.label_map import write_label_map, write_labels_json
+from ..formats.tfrecord import ShardedWriter, detection_example, plan_shards
+from ..imagefiles import ImageProblem, displayed_size, prepare_image, probe_file
+from ..labels import LabelMapping
+from ..progress import progress_bar, track
+from ..split import split_frames
+from .common import run_step
+
+FEW_OBJECTS, FEW_PER_LABEL = 100, 10
+
+
+@dataclass
+class Options:
+    source: str
+    out: Path
+    val_fraction: float = 0.1
+    seed: int = 0
+    labels: list[str] | None = None
+    rename: list[str] = field(default_factory=list)
+    empty_frames: str = "pre-annotate"
+    strict: bool = False
+    shard_mb: float = 150.0
+    work: Path | None = None
+    reviewed_frames: set[int] = field(default_factory=set)  # from a live task: annotated even when empty
+
+
+@dataclass
+class Plan:
+    """What pass 1 decided: per annotated image its class ids and file, and what to pre-annotate."""
+
+    labels_by_frame: dict[int, frozenset[int]] = field(default_factory=dict)
+    files: dict[int, Path] = field(default_factory=dict)
+    unannotated: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+    tags: Counter = field(default_factory=Counter)
+
+
+class Skips:
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.items: list[dict[str, str]] = []
+
+    def add(self, item: str, reason: str) -> None:
+        if self.strict:
+            raise DatasetError(f"{item}: {reason} (--strict)")
+        self.items.append({"item": item, "reason": reason})
+
+
+def _kept_boxes(record: ImageRecord, mapping: LabelMapping, dropped: Counter):
+    """(class id, clipped box, shape) for the shapes that train; counts the ones that do not."""
+    kept = []
+    for shape in record.shapes:
+        class_id = mapping.id_of(shape.label)
+        if class_id is None:
+            dropped["label not in the task" if not mapping.is_task_label(shape.label) else "label not selected"] += 1
+            continue
+        if shape.box is None:
+            dropped["shape without extent"] += 1
+            continue
+        box = clip_box(shape.box, record.width, record.height)
+        if box_area(box) <= 0:
+            dropped["zero area after clipping to the image"] += 1
+            continue
+        kept.append((class_id, box, shape))
+    return kept
+
+
+def _image_problem(path: Path, record: ImageRecord) -> str | None:
+    """Why an annotated image cannot train, from its header alone (before it is split)."""
+    try:
+        width, height = displayed_size(probe_file(path))
+    except ImageProblem as exc:
+        return str(exc)
+    if (width, height) != (record.width, record.height):
+        return f"the annotations say {record.width}x{record.height}, the file is {width}x{height}"
+    return None
+
+
+def plan(export: Export, mapping: LabelMapping, options: Options, skips: Skips) -> Plan:
+    result = Plan()
+    unknown = Counter()
+    for record in track(export.reader.images(), "reading annotations", total=export.reader.meta.size):
+        for shape in record.shapes:
+            if not mapping.is_task_label(shape.label):
+                unknown[shape.label] += 1
+        result.tags.update(record.tags)
+        path = export.locator.find(record.name)
+        if path is None:
+            skips.add(f"image {record.name}", "file not found in the export")
+            continue
+        empty = not record.shapes and record.frame not in options.reviewed_frames
+        if empty and options.empty_frames != "negatives":
+            result.unannotated.append({"frame": record.frame, "name": record.name,
+                                       "width": record.width, "height": record.height, "_file": path})
+            continue
+        problem = _image_problem(path, record)
+        if problem:
+            skips.add(f"image {record.name}", problem)
+            continue
+        kept = _kept_boxes(record, mapping, result.dropped)
+        result.labels_by_frame[record.frame] = frozenset(class_id for class_id, _, _ in kept)
+        result.files[record.frame] = path
+    for label, count in unknown.items():
+        skips.add(f"label {label}", f"{count} shape(s) with a label the task does not define: dropped")
+    if not result.labels_by_frame:
+        raise DatasetError(
+            f"no annotated image in {options.source}: annotate some images in CVAT first (an image with at least "
+            "one shape counts as annotated)"
+        )
+    return result
+
+
+def write(export: Export, mapping: LabelMapping, the_plan: Plan, val: set[int], out: Path, options: Options,
+          skips: Skips) -> dict[str, Any]:
+    splits = {"train": [f for f in the_plan.labels_by_frame if f not in val], "val": sorted(val)}
+    target = int(options.shard_mb * 2**20)
+    sizes = {frame: the_plan.files[frame].stat().st_size for frame in the_plan.files}
+    writers, shard_of = {}, {}
+    for split, frames in splits.items():
+        total = sum(sizes[f] for f in frames)
+        shards = plan_shards(total, target)
+        writers[split] = ShardedWriter(out, split, shards)
+        running = 0
+        for frame in frames:
+            shard_of[frame] = (split, min(shards - 1, running * shards // max(total, 1)))
+            running += sizes[frame]
+    counts = {split: Counter() for split in splits}
+    images = Counter()
+    box_sizes: list[tuple[float, float]] = []
+    converted = Counter()
+    source_id = 0
+    progress = progress_bar("writing TFRecords", total=len(shard_of))
+    try:
+        for record in export.reader.images():
+            if record.frame not in shard_of:
+                continue
+            split, shard = shard_of[record.frame]
+            progress.update(1)
+            path = the_plan.files[record.frame]
+            try:
+                prepared = prepare_image(path.read_bytes())
+            except ImageProblem as exc:
+                skips.add(f"image {record.name}", str(exc))
+                continue
+            if (prepared.width, prepared.height) != (record.width, record.height):
+                skips.add(f"image {record.name}", f"the annotations say {record.width}x{record.height}, the file is "
+                          f"{prepared.width}x{prepared.height}")
+                continue
+            if prepared.converted:
+                converted[prepared.converted.split(";")[0]] += 1
+            kept = _kept_boxes(record, mapping, Counter())
+            source_id += 1
+            example = detection_example(
+                encoded=prepared.data, image_format=prepared.format, width=prepared.width, height=prepared.height,
+                source_id=source_id, filename=record.name, boxes=[box for _, box, _ in kept],
+                labels=[class_id for class_id, _, _ in kept], texts=[mapping.name_of(c) for c, _, _ in kept],
+                is_crowd=[shape.attributes.get("is_crowd") == "true" for _, _, shape in kept],
+            )
+            writers[split].write(example, shard)
+            images[split] += 1
+            for class_id, box, _ in kept:
+                counts[split][mapping.name_of(class_id)] += 1
+                box_sizes.append((box[2] - box[0], box[3] - box[1]))
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    finally:
+        progress.close()
+    shards = {split: [{"file": info.path.name, "records": info.records, "bytes": info.bytes}
+                      for info in writer.close()] for split, writer in writers.items()}
+    return {"images": dict(images), "objects": {s: dict(c) for s, c in counts.items()}, "shards": shards,
+            "box_sizes": box_sizes, "converted": dict(converted)}
+
+
+def copy_unannotated(the_plan: Plan, out: Path) -> list[dict[str, Any]]:
+    """Put the images to pre-annotate into the artifact (hard links where possible)."""
+    listed = []
+    for item in track(the_plan.unannotated, "collecting unannotated images"):
+        source: Path = item.pop("_file")
+        relative = Path("unannotated") / item["name"]
+        target = out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+        listed.append({**item, "path": relative.as_posix()})
+    return listed
+
+
+def box_statistics(sizes: list[tuple[float, float]]) -> dict[str, Any]:
+    if not sizes:
+        return {}
+    widths, heights = sorted(w for w, _ in sizes), sorted(h for _, h in sizes)
+    areas = [w * h for w, h in sizes]
+    return {
+        "count": len(sizes),
+        "width": {"min": round(widths[0], 1), "median": round(median(widths), 1), "max": round(widths[-1], 1)},
+        "height": {"min": round(heights[0], 1), "median": round(median(heights), 1), "max": round(heights[-1], 1)},
+        "coco_size": {"small (< 32x32)": sum(a < 32**2 for a in areas),
+                      "medium": sum(32**2 <= a < 96**2 for a in areas),
+                      "large (>= 96x96)": sum(a >= 96**2 for a in areas)},
+    }
+
+
+def warnings_for(objects: dict[str, dict[str, int]], names: Sequence[str]) -> list[str]:
+    totals = Counter()
+    for split_counts in objects.values():
+        totals.update(split_counts)
+    found = []
+    total = sum(totals.values())
+    if total < FEW_OBJECTS:
+        found.append(
+            f"only {total} annotated objects (fewer than {FEW_OBJECTS}): the detector will be rough and its "
+            "validation AP noisy; expect pre-annotations that need many corrections, and annotate more images"
+        )
+    for name in names:
+        if totals[name] < FEW_PER_LABEL:
+            found.append(
+                f"label {name} has only {totals[name]} annotated objects (fewer than {FEW_PER_LABEL}): the model will "
+                f"rarely find {name}; annotate more of them before relying on its pre-annotations"
+            )
+    return found
+
+
+def _build(options: Options, partial: Path) -> dict[str, Any]:
+    """Everything run() writes, into ``partial``; the caller removes it on failure."""
+    skips = Skips(options.strict)
+    with tempfile.TemporaryDirectory(prefix="cvat-argo-dataset-", dir=options.work) as work:
+        export = open_export(options.source, Path(work))
+        mapping = LabelMapping(export.reader.meta.label_names, options.labels, options.rename)
+        the_plan = plan(export, mapping, options, skips)
+        val = split_frames(the_plan.labels_by_frame, options.val_fraction, options.seed)
+        written = write(export, mapping, the_plan, val, partial, options, skips)
+        unannotated = copy_unannotated(the_plan, partial)
+    write_label_map(partial / "label_map.pbtxt", mapping.names)
+    write_labels_json(partial / "labels.json", mapping.names)
+    (partial / "unannotated.json").write_text(
+        json.dumps({"count": len(unannotated), "images": unannotated}, indent=1) + "\n", encoding="utf-8")
+    summary = {
+        "source": options.source,
+        "format": export.format,
+        "labels": list(mapping.names),
+        "images": {"train": written["images"].get("train", 0), "val": written["images"].get("val", 0),
+                   "unannotated": len(unannotated), "skipped": len(skips.items)},
+        "objects": written["objects"],
+        "shards": written["shards"],
+        "boxes": box_statistics(written["box_sizes"]),
+        "dropped_shapes": dict(the_plan.dropped),
+        "converted_images": written["converted"],
+        "tags": dict(the_plan.tags),
+        "skipped": skips.items,
+        "warnings": warnings_for(written["objects"], mapping.names),
+        "options": {"val_fraction": options.val_fraction, "seed": options.seed, "labels": options.labels,
+                    "rename": options.rename, "empty_frames": options.empty_frames},
+    }
+    if summary["images"]["train"] == 0:
+        raise DatasetError(f"no usable training image in {options.source}: see the skipped images")
+    (partial / "dataset.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_report(partial, summary, written["box_sizes"])
+    return summary
+
+
+def run(options: Options) -> dict[str, Any]:
+    out = options.out
+    if out.exists() and any(out.iterdir()):
+        raise CvatArgoError(f"output folder {out} exists and is not empty: refusing to overwrite it")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        summary = _build(options, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    partial.rename(out)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], out: Path) -> None:
+    images = summary["images"]
+    print(f"dataset: {images['train']} train and {images['val']} validation images, {images['unannotated']} to "
+          f"pre-annotate, {images['skipped']} skipped; labels: {', '.join(summary['labels'])}")
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"written to {out} (report: {out / 'report.md'})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cvat_argo.steps.dataset", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="", help="CVAT export: folder, zip, s3://bucket/key or https:// URL")
+    parser.add_argument("--cvat-task-id", default="", help="a live CVAT task (CVAT_HOST and credentials)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (must not exist or be empty)")
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labels", type=lambda s: [x.strip() for x in s.split(",") if x.strip()] or None,
+                        help="comma-separated labels to keep (default: all)")
+    parser.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="rename or merge a label")
+    parser.add_argument("--empty-frames", choices=("pre-annotate", "negatives"), default="pre-annotate",
+                        help="images without shapes: pre-annotate them (default) or train on them as negatives")
+    parser.add_argument("--strict", action="store_true", help="fail on any skipped image or shape")
+    parser.add_argument("--shard-mb", type=float, default=150.0, help="target TFRecord shard size")
+    parser.add_argument("--work", type=Path, help="scratch folder for downloads and extraction")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    if not 0 < ns.val_fraction < 1:
+        raise DatasetError(f"--val-fraction {ns.val_fraction} must be between 0 and 1")
+    if not ns.source and not ns.cvat_task_id:
+        raise DatasetError("give --source (a CVAT export) or --cvat-task-id")
+    options = Options(source=ns.source, out=ns.out, val_fraction=ns.val_fraction, seed=ns.seed, labels=ns.labels,
+                      rename=ns.rename, empty_frames=ns.empty_frames, strict=ns.strict, shard_mb=ns.shard_mb,
+                      work=ns.work)
+    with tempfile.TemporaryDirectory(prefix="cvat-argo-task-", dir=ns.work) as download:
+        if not ns.source:
+            from ..cvat_server import export_task
+
+            archive, options.reviewed_frames = export_task(int(ns.cvat_task_id), Path(download))
+            options.source = str(archive)
+        summary = run(options)
+    print_summary(summary, ns.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_step(main))
