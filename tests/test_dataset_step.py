@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cvat_argo.catalog import load_catalog
 from cvat_argo.errors import CvatArgoError, DatasetError
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
 from cvat_argo.formats.cvat_xml import CvatXmlReader, write_cvat_xml
@@ -350,3 +351,22 @@ def _png(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (90, 90, 90)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_instance_masks_for_mask_rcnn(tmp_path):
+    triangle = Shape(label="car", kind="polygon", box=(10, 5, 40, 35), polygon=(10, 35, 25, 5, 40, 35))
+    square = _box("person", 2, 2, 8, 12)
+    root = _export(tmp_path, [ImageRecord(0, "a.jpg", 64, 48, (triangle, square)),
+                              ImageRecord(1, "b.jpg", 64, 48, (square,))], {"a.jpg": _jpeg(), "b.jpg": _jpeg()})
+    spec = load_catalog(env={}).model("maskrcnn-res50-coco").model_dump_json()
+    summary = run(root, tmp_path / "ds", "--model", "maskrcnn-res50-coco", "--model-spec", spec)
+    assert summary["options"]["masks"] is True
+    example = next(e for split in ("train", "val") for e in records(tmp_path / "ds", split)
+                   if e["image/filename"].values[0] == b"a.jpg")
+    masks = [np.asarray(Image.open(io.BytesIO(png))) for png in example["image/object/mask"].values]
+    assert [m.shape for m in masks] == [(48, 64), (48, 64)] and all(set(np.unique(m)) <= {0, 1} for m in masks)
+    assert masks[0][30, 25] == 1 and masks[0][8, 12] == 0  # inside the triangle, outside it but inside its box
+    assert masks[1].sum() == 6 * 10
+    assert example["image/object/area"].values[0] == pytest.approx(masks[0].sum())
+    plain = run(root, tmp_path / "plain")
+    assert plain["options"]["masks"] is False

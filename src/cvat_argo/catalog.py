@@ -199,3 +199,22 @@ def load_catalog(path: str | os.PathLike[str] | None = None, env: Mapping[str, s
     except yaml.YAMLError as exc:
         raise CatalogError(f"catalog file {file} is not valid YAML: {exc}") from None
     return catalog.merged_with(data or {}, str(file))
+
+
+def entry_from_parameters(model: str, model_spec: str, catalog: Catalog | None = None) -> ModelEntry:
+    """The model entry a step was given: the ``model-spec`` JSON when set, else the catalog entry by name.
+
+    The pipeline passes the entry as JSON so that a model from a user's catalog file runs in the
+    cluster exactly as validated where it was submitted.
+    """
+    if model_spec.strip():
+        try:
+            entry = ModelEntry.model_validate_json(model_spec)
+        except ValidationError as exc:
+            raise CatalogError(f"--model-spec is not a valid catalog entry: {_describe(exc)}") from None
+        if model and entry.name != model:
+            raise CatalogError(f"--model {model} and --model-spec (for {entry.name}) disagree")
+        return entry
+    if not model:
+        raise CatalogError("give --model (a catalog name) or --model-spec")
+    return (catalog or load_catalog()).model(model)

@@ -30,7 +30,8 @@ from ..errors import CvatArgoError, DatasetError
 from ..formats.annotations import ImageRecord
 from ..formats.geometry import box_area, clip_box
 from ..formats.label_map import write_label_map, write_labels_json
-from ..formats.tfrecord import ShardedWriter, detection_example, plan_shards
+from ..formats.masks import instance_mask
+from ..formats.tfrecord import ShardedWriter, detection_example, encode_mask_png, plan_shards
 from ..imagefiles import ImageProblem, displayed_size, prepare_image, probe_file
 from ..labels import LabelMapping
 from ..progress import progress_bar, track
@@ -53,6 +54,7 @@ class Options:
     shard_mb: float = 150.0
     work: Path | None = None
     reviewed_frames: set[int] = field(default_factory=set)  # from a live task: annotated even when empty
+    masks: bool = False  # write instance masks (Mask R-CNN)
 
 
 @dataclass
@@ -182,11 +184,17 @@ def write(export: Export, mapping: LabelMapping, the_plan: Plan, val: set[int], 
                 converted[prepared.converted.split(";")[0]] += 1
             kept = _kept_boxes(record, mapping, Counter())
             source_id += 1
+            masks = areas = None
+            if options.masks:
+                arrays = [instance_mask(shape, box, record.width, record.height) for _, box, shape in kept]
+                masks = [encode_mask_png(memoryview(a), record.width, record.height) for a in arrays]
+                areas = [float(a.sum()) for a in arrays]
             example = detection_example(
                 encoded=prepared.data, image_format=prepared.format, width=prepared.width, height=prepared.height,
                 source_id=source_id, filename=record.name, boxes=[box for _, box, _ in kept],
                 labels=[class_id for class_id, _, _ in kept], texts=[mapping.name_of(c) for c, _, _ in kept],
                 is_crowd=[shape.attributes.get("is_crowd") == "true" for _, _, shape in kept],
+                areas=areas, masks_png=masks,
             )
             writers[split].write(example, shard)
             images[split] += 1
@@ -285,7 +293,7 @@ def _build(options: Options, partial: Path) -> dict[str, Any]:
         "skipped": skips.items,
         "warnings": warnings_for(written["objects"], mapping.names),
         "options": {"val_fraction": options.val_fraction, "seed": options.seed, "labels": options.labels,
-                    "rename": options.rename, "empty_frames": options.empty_frames},
+                    "rename": options.rename, "empty_frames": options.empty_frames, "masks": options.masks},
     }
     if summary["images"]["train"] == 0:
         raise DatasetError(f"no usable training image in {options.source}: see the skipped images")
@@ -335,8 +343,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images without shapes: pre-annotate them (default) or train on them as negatives")
     parser.add_argument("--strict", action="store_true", help="fail on any skipped image or shape")
     parser.add_argument("--shard-mb", type=float, default=150.0, help="target TFRecord shard size")
+    parser.add_argument("--masks", choices=("auto", "yes", "no"), default="auto",
+                        help="write instance masks (for Mask R-CNN); auto: when --model-spec/--model trains masks")
+    parser.add_argument("--model", default="", help="the model the dataset is for (decides --masks auto)")
+    parser.add_argument("--model-spec", default="", help="its catalog entry as JSON (as the pipeline passes it)")
     parser.add_argument("--work", type=Path, help="scratch folder for downloads and extraction")
     return parser
+
+
+def _wants_masks(choice: str, model: str, model_spec: str) -> bool:
+    if choice != "auto":
+        return choice == "yes"
+    if not model and not model_spec:
+        return False
+    from ..catalog import entry_from_parameters
+
+    return entry_from_parameters(model, model_spec).masks
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -347,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DatasetError("give --source (a CVAT export) or --cvat-task-id")
     options = Options(source=ns.source, out=ns.out, val_fraction=ns.val_fraction, seed=ns.seed, labels=ns.labels,
                       rename=ns.rename, empty_frames=ns.empty_frames, strict=ns.strict, shard_mb=ns.shard_mb,
-                      work=ns.work)
+                      work=ns.work, masks=_wants_masks(ns.masks, ns.model, ns.model_spec))
     with tempfile.TemporaryDirectory(prefix="cvat-argo-task-", dir=ns.work) as download:
         if not ns.source:
             from ..cvat_server import export_task
