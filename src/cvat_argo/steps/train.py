@@ -1,0 +1,186 @@
+"""train: a Model Garden detector trained on the dataset artifact, resumable, evaluated every epoch.
+
+``python -m cvat_argo.steps.train --model M [--model-spec JSON] --args "epochs=..,batch_size=.."
+--dataset DIR --base-model DIR [--resume-key KEY] --out DIR [--override key=value ...]``
+
+``num_clones`` GPUs train through MirroredStrategy with mixed precision; with no GPU it says so
+once and trains on the CPU. Checkpoints are written into ``--out`` every epoch (or
+``--checkpoint-every-steps``) and, with a store configured, copied to ``--resume-key`` as they
+appear: a restarted step restores them and continues to the same total step count. Outputs:
+checkpoints, ``params.yaml``, TensorBoard events, ``metrics.json`` (COCO AP, AP50, AP75, per label),
+``training.png`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..catalog import entry_from_parameters
+from ..errors import ArgumentError, CvatArgoError
+from ..spec import Arguments
+from ..store import store_from_env
+from .common import run_step
+
+BASE_MANIFEST = "base-model.json"
+#: What convert needs to rebuild the model: the catalog entry (with its experiment) and the labels.
+MODEL_MANIFEST = "model.json"
+
+
+def visible_gpus() -> int:
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def init_checkpoint(base_model: Path | None) -> str | None:
+    if base_model is None or not (base_model / BASE_MANIFEST).exists():
+        return None
+    manifest = json.loads((base_model / BASE_MANIFEST).read_text(encoding="utf-8"))
+    return str(base_model / manifest["checkpoint"]) if manifest.get("checkpoint") else None
+
+
+def _strategy(plan):
+    import tensorflow as tf
+    from official.common import distribute_utils
+
+    if plan.config.runtime.distribution_strategy == "mirrored":
+        return distribute_utils.get_distribution_strategy(distribution_strategy="mirrored",
+                                                          num_gpus=plan.config.runtime.num_gpus)
+    return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def train(plan, out: Path) -> None:
+    """Orbit's train-and-evaluate loop; resumes by itself from the newest checkpoint in ``out``."""
+    import tensorflow as tf
+    from official.core import task_factory, train_lib
+
+    from ..training.experiment import set_precision_policy
+
+    set_precision_policy(plan)
+    strategy = _strategy(plan)
+    with strategy.scope():
+        task = task_factory.get_task(plan.config.task, logging_dir=str(out))
+    try:
+        train_lib.run_experiment(distribution_strategy=strategy, task=task, mode="train_and_eval",
+                                 params=plan.config, model_dir=str(out))
+    except tf.errors.ResourceExhaustedError:
+        smaller = max(plan.num_clones, plan.global_batch // 2)
+        raise CvatArgoError(
+            f"out of memory with batch_size={plan.global_batch} ({plan.per_replica_batch} per GPU) at "
+            f"input_size={plan.input_size}: lower batch_size (e.g. batch_size={smaller}) "
+            "or input_size, or pick a machine type with more GPU memory"
+        ) from None
+
+
+def describe(plan) -> str:
+    precision = plan.mixed_precision or "float32"
+    return (f"{plan.epochs} epochs x {plan.steps_per_epoch} steps = {plan.total_steps} steps; global batch "
+            f"{plan.global_batch} ({plan.per_replica_batch} per replica x {plan.num_clones}); input "
+            f"{plan.input_size}px; {len(plan.labels)} labels; {precision}; warm-up {plan.warmup_steps} steps")
+
+
+def write_report(out: Path, plan, metrics: dict[str, Any], seconds: float, resumed_from: int) -> None:
+    from ..training.metrics import plot_curves
+
+    plot_curves(metrics, out / "training.png")
+    final = metrics["final"]
+    resumed = f" (resumed from step {resumed_from})." if resumed_from else "."
+    lines = ["# Training", "", describe(plan) + ".", "", f"Training took {seconds / 60:.1f} min{resumed}"]
+    if final:
+        lines += ["", "| metric | value |", "|---|---:|"] + [f"| {k} | {v:.3f} |" for k, v in final.items()]
+    if metrics["per_label"]:
+        lines += ["", "| label | AP | AP50 | AP75 |", "|---|---:|---:|---:|"]
+        for label, values in metrics["per_label"].items():
+            lines.append(f"| {label} | " + " | ".join(f"{values.get(k, float('nan')):.3f}"
+                                                      for k in ("AP", "AP50", "AP75")) + " |")
+    lines += ["", "![loss and AP](training.png)", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def latest_step(out: Path) -> int:
+    steps = [int(p.name.split("-")[1].split(".")[0]) for p in out.glob("ckpt-*.index")]
+    return max(steps, default=0)
+
+
+def run(model: str, model_spec: str, args: str, dataset: Path, base_model: Path | None, out: Path,
+        resume_key: str = "", overrides: Sequence[str] = (), eval_every_steps: int | None = None,
+        checkpoint_every_steps: int | None = None, sync_every_seconds: float = 15.0) -> dict[str, Any]:
+    from ..training import sync
+    from ..training.experiment import build_experiment, save_config
+    from ..training.metrics import summarize
+
+    entry = entry_from_parameters(model, model_spec)
+    arguments = Arguments.parse(args)
+    gpus = visible_gpus()
+    if gpus == 0:
+        print("no GPU visible: training on the CPU (slow for anything but small models and inputs)", flush=True)
+        if (arguments.num_clones or 1) > 1:
+            print(f"num_clones={arguments.num_clones} ignored: one CPU replica", flush=True)
+            arguments = arguments.model_copy(update={"num_clones": None})
+    elif arguments.num_clones and arguments.num_clones > gpus:
+        raise ArgumentError(f"num_clones={arguments.num_clones} but this pod sees {gpus} GPU(s): request "
+                            f"{arguments.num_clones} GPUs (the gpus parameter) or lower num_clones")
+    out.mkdir(parents=True, exist_ok=True)
+    store = store_from_env() if resume_key else None
+    restored = sync.restore(store, resume_key, out) if store is not None and latest_step(out) == 0 else 0
+    resumed_from = latest_step(out)
+    if resumed_from:
+        print(f"resuming from checkpoint ckpt-{resumed_from}" + (" (from the store)" if restored else ""), flush=True)
+    plan = build_experiment(entry, arguments, dataset, model_dir=out, init_checkpoint=init_checkpoint(base_model),
+                            gpus_available=gpus, overrides=overrides, eval_every_steps=eval_every_steps,
+                            checkpoint_every_steps=checkpoint_every_steps)
+    save_config(plan)
+    manifest = {"model": entry.name, "model_spec": entry.model_dump(mode="json"), "experiment": entry.experiment,
+                "labels": list(plan.labels), "input_size": plan.input_size, "num_classes": plan.num_classes,
+                "arguments": arguments.to_string()}
+    (out / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    print(f"{entry.name}: {describe(plan)}", flush=True)
+    started = time.monotonic()
+    if store is not None:
+        with sync.CheckpointSync(out, store, resume_key, interval=sync_every_seconds):
+            train(plan, out)
+    else:
+        train(plan, out)
+    seconds = time.monotonic() - started
+    metrics = summarize(out, plan.labels)
+    summary = {"model": entry.name, "arguments": arguments.to_string(), "epochs": plan.epochs,
+               "total_steps": plan.total_steps, "global_batch": plan.global_batch, "num_clones": plan.num_clones,
+               "input_size": plan.input_size, "labels": list(plan.labels), "training_seconds": round(seconds, 1),
+               "resumed_from_step": resumed_from, "final_step": latest_step(out), **metrics}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_report(out, plan, metrics, seconds, resumed_from)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cvat_argo.steps.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="")
+    parser.add_argument("--model-spec", default="")
+    parser.add_argument("--args", default="", help="epochs=100,batch_size=24,initial_learning_rate=0.004,num_clones=4")
+    parser.add_argument("--dataset", type=Path, required=True, help="the create-dataset artifact")
+    parser.add_argument("--base-model", type=Path, help="the pull-base-model artifact (none: from scratch)")
+    parser.add_argument("--resume-key", default="", help="store key checkpoints are copied to and resumed from")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="expert: set a Model Garden config key, e.g. task.model.anchor.num_scales=2")
+    parser.add_argument("--eval-every-steps", type=int)
+    parser.add_argument("--checkpoint-every-steps", type=int)
+    parser.add_argument("--sync-every-seconds", type=float, default=15.0,
+                        help="how often new checkpoints are copied to the store (with --resume-key)")
+    ns = parser.parse_args(argv)
+    summary = run(ns.model, ns.model_spec, ns.args, ns.dataset, ns.base_model, ns.out, ns.resume_key, ns.override,
+                  ns.eval_every_steps, ns.checkpoint_every_steps, ns.sync_every_seconds)
+    final = summary["final"]
+    print(f"trained {summary['model']} to step {summary['final_step']} in {summary['training_seconds']:.0f} s; "
+          + (", ".join(f"{k} {v:.3f}" for k, v in final.items() if k in ("AP", "AP50", "AP75")) or "no evaluation"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_step(main))
