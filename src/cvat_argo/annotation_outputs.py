@@ -1,0 +1,344 @@
+"""From a detector's raw output to what people and tools read: CVAT shapes, COCO JSON, a summary.
+
+Everything here is pure (numbers in, files out) so the stage, the CVAT detection function and the
+nuclio handler agree on one conversion: thresholds per label, at most N shapes per image, boxes
+clipped to the image and scaled back to its displayed size, class ids mapped to label names, and
+Mask R-CNN masks turned into polygons.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CvatArgoError
+from .formats.annotations import ImageRecord, LabelSpec, Shape
+from .suggest import unknown_name_message
+
+DEFAULT_THRESHOLD = 0.5
+SCORE_BINS = 20
+
+
+# --- thresholds ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A global score threshold and per-label overrides (``--threshold 0.5 --threshold person=0.3``)."""
+
+    default: float = DEFAULT_THRESHOLD
+    per_label: Mapping[str, float] = field(default_factory=dict)
+
+    def of(self, label: str) -> float:
+        return self.per_label.get(label, self.default)
+
+    @property
+    def lowest(self) -> float:
+        """The lowest threshold of any label: what a model may be asked to keep."""
+        return min([self.default, *self.per_label.values()])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"default": self.default, "per_label": dict(self.per_label)}
+
+
+def _score(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise CvatArgoError(f"--threshold {where}: {text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise CvatArgoError(f"--threshold {where}: {value} is not between 0 and 1")
+    return value
+
+
+def parse_thresholds(values: Sequence[str], labels: Sequence[str]) -> Thresholds:
+    """``["0.4", "person=0.3"]`` -> Thresholds; a label the model lacks is an error naming it."""
+    default = DEFAULT_THRESHOLD
+    per_label: dict[str, float] = {}
+    for value in values:
+        name, sep, number = value.rpartition("=")
+        if not sep:
+            default = _score(value, value)
+            continue
+        name = name.strip()
+        if name not in labels:
+            raise CvatArgoError(f"--threshold {value!r}: {unknown_name_message('label', name, labels)}")
+        per_label[name] = _score(number.strip(), value)
+    return Thresholds(default, per_label)
+
+
+# --- detections -> shapes ------------------------------------------------------------------------
+
+
+def mask_to_polygon(mask: np.ndarray, box: Sequence[float], cut: float = 0.5) -> tuple[float, ...] | None:
+    """The outline of the largest blob of a box-frame mask, in image pixels; None when nothing is set.
+
+    Mask R-CNN gives each instance a small probability map (e.g. 28x28) covering its box; it is
+    resized to the box, cut at ``cut``, traced with OpenCV and simplified to about a pixel.
+    """
+    try:
+        import cv2
+    except ImportError:
+        raise CvatArgoError("Mask R-CNN polygons need OpenCV: pip install opencv-python-headless") from None
+    x0, y0, x1, y1 = (float(v) for v in box)
+    width, height = max(1, math.ceil(x1 - x0)), max(1, math.ceil(y1 - y0))
+    probabilities = np.asarray(mask, dtype=np.float32)
+    if probabilities.ndim != 2 or probabilities.size == 0:
+        return None
+    resized = cv2.resize(probabilities, (width, height), interpolation=cv2.INTER_LINEAR)
+    binary = (resized >= cut).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return None
+    largest = max(contours, key=cv2.contourArea)
+    simplified = cv2.approxPolyDP(largest, 1.0, True).reshape(-1, 2)
+    if len(simplified) < 3:
+        return None
+    sx, sy = (x1 - x0) / width, (y1 - y0) / height
+    return tuple(float(v) for x, y in simplified for v in (x0 + x * sx, y0 + y * sy))
+
+
+def detections_to_shapes(
+    detections: Any,
+    labels: Sequence[str],
+    width: int,
+    height: int,
+    thresholds: Thresholds,
+    *,
+    max_detections: int = 100,
+    scale: tuple[float, float] = (1.0, 1.0),
+    polygon_labels: Iterable[str] | None = None,
+) -> tuple[Shape, ...]:
+    """CVAT shapes (``source="auto"``, with score) for one image's detections.
+
+    ``detections`` is a :class:`cvat_argo.serving.Detections`; ``scale`` multiplies its boxes (the
+    image may have been decoded smaller than its displayed size). Boxes are clipped to the image
+    and empty ones dropped; masks become polygons for ``polygon_labels`` (default: every label).
+    """
+    boxes = np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(detections.scores, dtype=np.float64).reshape(-1)
+    classes = np.asarray(detections.classes).reshape(-1).astype(np.int64)
+    masks = getattr(detections, "masks", None)
+    polygon_ok = None if polygon_labels is None else set(polygon_labels)
+    order = np.argsort(-scores, kind="stable")
+    shapes: list[Shape] = []
+    for index in order:
+        if len(shapes) >= max_detections:
+            break
+        class_id = int(classes[index])
+        if not 1 <= class_id <= len(labels):
+            continue  # padding or an id outside the label map: not an object of this task
+        label = labels[class_id - 1]
+        score = float(scores[index])
+        if score < thresholds.of(label):
+            continue
+        x0, y0, x1, y1 = (float(v) for v in boxes[index] * (scale[0], scale[1], scale[0], scale[1]))
+        box = (min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width),
+               min(max(y1, 0.0), height))
+        if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
+            continue
+        polygon = None
+        if masks is not None and (polygon_ok is None or label in polygon_ok):
+            polygon = mask_to_polygon(masks[index], (x0, y0, x1, y1))
+            if polygon is not None:
+                polygon = _clip_points(polygon, width, height)
+        shapes.append(Shape(label=label, kind="polygon" if polygon else "box", box=tuple(box), polygon=polygon,
+                            source="auto", score=score))
+    return tuple(shapes)
+
+
+def _clip_points(flat: tuple[float, ...], width: int, height: int) -> tuple[float, ...]:
+    return tuple(min(max(v, 0.0), float(width if i % 2 == 0 else height)) for i, v in enumerate(flat))
+
+
+def fit_to_label(shape: Shape, label_type: str | None) -> Shape | None:
+    """The shape in a form the task's label accepts; None when it accepts neither a box nor a polygon.
+
+    CVAT refuses a polygon on a ``rectangle`` label and the reverse, so a Mask R-CNN polygon becomes
+    its box on a rectangle label, and a box becomes a four-point polygon on a polygon label.
+    """
+    if label_type in (None, "", "any"):
+        return shape
+    if label_type == "rectangle":
+        return shape if shape.kind == "box" else Shape(shape.label, "box", shape.box, source=shape.source,
+                                                       score=shape.score)
+    if label_type == "polygon":
+        if shape.kind == "polygon":
+            return shape
+        x0, y0, x1, y1 = shape.box  # type: ignore[misc]
+        return Shape(shape.label, "polygon", shape.box, polygon=(x0, y0, x1, y0, x1, y1, x0, y1), source=shape.source,
+                     score=shape.score)
+    return None
+
+
+# --- COCO ----------------------------------------------------------------------------------------
+
+
+def polygon_area(flat: Sequence[float]) -> float:
+    xs, ys = np.asarray(flat[0::2], dtype=np.float64), np.asarray(flat[1::2], dtype=np.float64)
+    return float(abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2)
+
+
+def coco_document(labels: Sequence[str], images: Iterable[ImageRecord]) -> dict[str, Any]:
+    """COCO instances with a ``score`` per annotation, as pycocotools' ``loadRes`` and CVAT read them.
+
+    Category ids are the task's label index + 1 and image ids frame + 1, as CVAT writes them; each
+    annotation also carries ``attributes.source = "auto"`` (CVAT's COCO import then marks the shapes
+    as machine-made) and ``attributes.score``.
+    """
+    category = {name: index + 1 for index, name in enumerate(labels)}
+    document: dict[str, Any] = {
+        "info": {"description": "cvat-argo pre-annotations"},
+        "licenses": [],
+        "categories": [{"id": cid, "name": name, "supercategory": ""} for name, cid in category.items()],
+        "images": [],
+        "annotations": [],
+    }
+    next_id = 1
+    for record in images:
+        image_id = record.frame + 1
+        document["images"].append({"id": image_id, "file_name": record.name, "width": record.width,
+                                   "height": record.height})
+        for shape in record.shapes:
+            x0, y0, x1, y1 = shape.box  # type: ignore[misc]
+            segmentation = [list(shape.polygon)] if shape.polygon else []
+            area = polygon_area(shape.polygon) if shape.polygon else (x1 - x0) * (y1 - y0)
+            attributes: dict[str, Any] = {"occluded": False, "rotation": 0.0, "source": shape.source}
+            if shape.score is not None:
+                attributes["score"] = round(shape.score, 4)
+            document["annotations"].append({
+                "id": next_id, "image_id": image_id, "category_id": category[shape.label],
+                "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
+                "area": round(area, 3), "iscrowd": 0, "segmentation": [[round(v, 3) for v in ring]
+                                                                         for ring in segmentation],
+                "score": round(shape.score, 4) if shape.score is not None else 1.0,
+                "attributes": attributes,
+            })
+            next_id += 1
+    return document
+
+
+def write_json(path: Path, document: Any) -> None:
+    """Write JSON through a temporary name, so a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+# --- summary, plot, report -----------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """Running counts while images stream through; memory stays small (scores in fixed bins)."""
+
+    labels: Sequence[str]
+    images: int = 0
+    images_with_shapes: int = 0
+    shapes_per_label: Counter = field(default_factory=Counter)
+    histogram: dict[str, list[int]] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, record: ImageRecord) -> None:
+        self.images += 1
+        self.images_with_shapes += bool(record.shapes)
+        for shape in record.shapes:
+            self.shapes_per_label[shape.label] += 1
+            if shape.score is not None:
+                bins = self.histogram.setdefault(shape.label, [0] * SCORE_BINS)
+                bins[min(SCORE_BINS - 1, int(shape.score * SCORE_BINS))] += 1
+
+    def skip(self, name: str, reason: str) -> None:
+        self.skipped.append({"name": name, "reason": reason})
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "images_with_shapes": self.images_with_shapes,
+            "shapes": sum(self.shapes_per_label.values()),
+            "shapes_per_label": {name: self.shapes_per_label.get(name, 0) for name in self.labels},
+            "score_histogram": {"bins": SCORE_BINS, "counts": self.histogram},
+            "skipped": self.skipped,
+            **extra,
+        }
+
+
+def plot_scores(path: Path, summary: Mapping[str, Any], thresholds: Mapping[str, Any]) -> None:
+    """Score histogram per label with the thresholds marked: where to set the threshold next time."""
+    from .plots import new_figure, save_figure
+
+    figure, axis = new_figure(width=7, height=4)
+    counts: Mapping[str, list[int]] = summary["score_histogram"]["counts"]
+    bins = summary["score_histogram"]["bins"]
+    edges = np.linspace(0, 1, bins + 1)
+    bottom = np.zeros(bins)
+    for label, values in counts.items():
+        axis.bar(edges[:-1], values, width=1 / bins, align="edge", bottom=bottom, label=label, edgecolor="white")
+        bottom += np.asarray(values)
+    axis.axvline(thresholds["default"], color="black", linestyle="--", linewidth=1, label="threshold")
+    for label, value in thresholds.get("per_label", {}).items():
+        axis.axvline(value, color="grey", linestyle=":", linewidth=1)
+        axis.text(value, axis.get_ylim()[1] * 0.95, label, rotation=90, va="top", fontsize=8)
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("score")
+    axis.set_ylabel("shapes")
+    axis.set_title(f"pre-annotation scores ({summary['shapes']} shapes on {summary['images']} images)")
+    if counts:
+        axis.legend(fontsize=8)
+    save_figure(figure, path)
+
+
+def write_report(out: Path, summary: Mapping[str, Any]) -> None:
+    """``report.md``: what was annotated, how fast, what was skipped and what went to CVAT."""
+    lines = [
+        "# Pre-annotations",
+        "",
+        f"{summary['shapes']} shapes on {summary['images']} images ({summary['images_with_shapes']} with at least one "
+        f"shape), {summary['images_per_second']:.1f} images/s with the {summary['runtime']} runtime.",
+        "",
+        f"Threshold {summary['threshold']['default']}"
+        + "".join(f", {k} {v}" for k, v in summary["threshold"]["per_label"].items())
+        + f"; at most {summary['max_detections']} shapes per image.",
+        "",
+        "| label | shapes |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {count} |" for name, count in summary["shapes_per_label"].items()]
+    lines += [
+        "",
+        "Files: `annotations.xml` (CVAT for images 1.1), `coco.json` (COCO with scores), `summary.json`.",
+        "",
+        "Importing `annotations.xml` through CVAT's *Upload annotations* replaces the task's annotations unless the "
+        "server offers the append mode, and marks the shapes `source=file`; the upload through cvat-sdk "
+        "(`CVAT_HOST` set and a task id known) appends them as `source=auto` and leaves frames people annotated "
+        "alone.",
+    ]
+    upload = summary.get("upload")
+    if upload:
+        lines += ["", "## CVAT", ""]
+        verb = "would add" if upload.get("dry_run") else "added"
+        lines.append(f"Task {upload['task_id']}: {verb} {upload['created']} shapes on {upload['frames_created']} "
+                     f"frames; left alone {upload['frames_human']} frames with human shapes, "
+                     f"{upload['frames_other_auto']} frames with other machine shapes; {upload['already_present']} "
+                     "shapes were already there from an earlier run.")
+    elif summary.get("upload_note"):
+        lines += ["", f"CVAT: {summary['upload_note']}"]
+    if summary["skipped"]:
+        lines += ["", "## Skipped images", ""] + [f"- {s['name']}: {s['reason']}" for s in summary["skipped"][:50]]
+        if len(summary["skipped"]) > 50:
+            lines.append(f"- ... and {len(summary['skipped']) - 50} more (all in summary.json)")
+    lines += ["", "![score histogram](scores.png)", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def task_label_specs(names: Sequence[str]) -> tuple[LabelSpec, ...]:
+    """Label specs when the task itself is not known: the model's names, any shape type."""
+    return tuple(LabelSpec(name=name, type="any") for name in names)

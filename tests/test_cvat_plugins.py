@@ -1,0 +1,401 @@
+"""The ways back into CVAT: the SDK upload (against a CVAT server on loopback), the auto-annotation
+function (checked by cvat-sdk's own validation), the nuclio bundle, and the QC report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annotate_fixtures import model_labels, trained_exported_model
+from cvat_argo import cvat_upload
+from cvat_argo.annotation_outputs import coco_document, write_json
+from cvat_argo.errors import CvatArgoError, DatasetError
+from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
+from cvat_argo.formats.cvat_xml import write_cvat_xml
+from fake_cvat_server import FakeTask, cvat_server, label
+from fixtures_servers import s3_server  # noqa: F401
+
+pytest.importorskip("cvat_sdk")
+
+
+def auto(label_name: str, box, score: float = 0.9) -> Shape:
+    return Shape(label_name, "box", tuple(float(v) for v in box), source="auto", score=score)
+
+
+def existing(frame: int, label_id: int, box, source: str, type_: str = "rectangle") -> dict:
+    return {"type": type_, "occluded": False, "outside": False, "z_order": 0, "rotation": 0.0,
+            "points": list(box), "frame": frame, "label_id": label_id, "group": 0, "source": source,
+            "attributes": [], "elements": [], "id": 500 + frame}
+
+
+FRAMES = [{"name": f"img_{i}.jpg", "width": 100, "height": 80} for i in range(9)]
+
+
+def records() -> list[ImageRecord]:
+    """Predictions for frames 0..8, two shapes each."""
+    return [ImageRecord(i, f"img_{i}.jpg", 100, 80, (auto("car", (10, 10, 40, 40), 0.87),
+                                                      auto("person", (50, 20, 70, 70), 0.55)))
+            for i in range(9)]
+
+
+def task_with_people_work() -> FakeTask:
+    task = FakeTask(7, labels=[label(1, "car", "rectangle", score="number"), label(2, "person", "any", score="text"),
+                               label(3, "tree")], frames=list(FRAMES))
+    task.shapes = [
+        existing(1, 1, (1, 1, 5, 5), "manual"),  # a person drew here
+        existing(2, 2, (50, 20, 70, 70), "semi-auto"),  # a person corrected a machine shape
+        existing(3, 1, (10, 10, 40, 40), "auto"),  # ours, from an earlier run
+        existing(4, 1, (60, 60, 90, 79), "auto"),  # a machine shape that is not ours
+        existing(8, 3, (0, 0, 3, 3, 6, 0), "file", "polygon"),  # uploaded from a file
+    ]
+    task.tags = [{"frame": 5, "label_id": 3, "source": "manual", "group": 0, "attributes": [], "id": 9}]
+    task.tracks = [{"frame": 6, "label_id": 3, "source": "manual", "group": 0, "attributes": [], "id": 10,
+                    "shapes": [{"frame": 6, "type": "rectangle", "points": [1, 1, 9, 9], "outside": False},
+                               {"frame": 7, "type": "rectangle", "points": [1, 1, 9, 9], "outside": True}]}]
+    return task
+
+
+def test_upload_appends_only_on_frames_without_human_shapes_and_never_duplicates():
+    task = task_with_people_work()
+    with cvat_server(task) as env:
+        client = cvat_upload.connect(env)
+        first = cvat_upload.upload(client, 7, records(), ("car", "person"))
+        assert first == {"task_id": 7, "dry_run": False, "created": 5, "frames_created": 3, "frames_human": 5,
+                         "frames_other_auto": 1, "already_present": 1, "frames_deleted_in_task": 0}
+        assert [method for method, _, _ in task.requests].count("PATCH") == 1
+        (body,) = task.patches
+        sent = body["shapes"]
+        # frame 3 only gets the person (its car is ours already); 1, 2, 5, 6, 8 have people's work; 4 another model's
+        assert sorted({s["frame"] for s in sent}) == [0, 3, 7]
+        assert sorted((s["frame"], s["label_id"]) for s in sent) == [(0, 1), (0, 2), (3, 2), (7, 1), (7, 2)]
+        assert all(s["source"] == "auto" and "id" not in s for s in sent)
+        car = next(s for s in sent if s["label_id"] == 1)
+        assert car["type"] == "rectangle" and car["points"] == [10.0, 10.0, 40.0, 40.0]
+        assert car["attributes"] == [{"spec_id": 10, "value": "87"}]  # number 0..100: a percentage
+        person = next(s for s in sent if s["label_id"] == 2)
+        assert person["attributes"] == [{"spec_id": 20, "value": "0.550"}]  # text: three decimals
+        # a second run finds its own shapes and sends nothing
+        second = cvat_upload.upload(client, 7, records(), ("car", "person"))
+        assert second["created"] == 0 and second["already_present"] == 6 and len(task.patches) == 1
+        # nothing but reads and the one append went to the server
+        assert {method for method, _, _ in task.requests} == {"GET", "PATCH"}
+
+
+def test_dry_run_reports_and_sends_nothing():
+    task = task_with_people_work()
+    with cvat_server(task) as env:
+        summary = cvat_upload.upload(cvat_upload.connect(env), 7, records(), ("car", "person"), dry_run=True)
+    assert summary["created"] == 5 and summary["dry_run"] is True
+    assert task.patches == []
+
+
+def test_labels_the_task_lacks_stop_before_any_change():
+    task = task_with_people_work()
+    with cvat_server(task) as env, pytest.raises(DatasetError) as error:
+        cvat_upload.upload(cvat_upload.connect(env), 7, records(), ("car", "person", "bicycle"))
+    assert "lacks the model's label(s) 'bicycle'" in str(error.value) and "nothing was uploaded" in str(error.value)
+    assert task.patches == []
+
+
+def test_predictions_for_another_tasks_images_are_refused():
+    task = task_with_people_work()
+    task.frames = [{"name": f"other_{i}.jpg", "width": 100, "height": 80} for i in range(9)]
+    with cvat_server(task) as env, pytest.raises(DatasetError, match=r"frame 0 is 'other_0\.jpg'"):
+        cvat_upload.upload(cvat_upload.connect(env), 7, records(), ("car", "person"))
+    assert task.patches == []
+
+
+def test_deleted_frames_are_skipped_and_names_match_by_suffix():
+    task = task_with_people_work()
+    task.frames = [{"name": f"images/img_{i}.jpg", "width": 100, "height": 80} for i in range(9)]
+    task.deleted_frames = [0]
+    with cvat_server(task) as env:
+        summary = cvat_upload.upload(cvat_upload.connect(env), 7, records(), ("car", "person"))
+    assert summary["frames_deleted_in_task"] == 1
+    assert sorted({s["frame"] for s in task.patches[0]["shapes"]}) == [3, 7]
+
+
+def test_wrong_token_is_a_readable_error():
+    task = task_with_people_work()
+    with cvat_server(task) as env, pytest.raises(CvatArgoError, match="refused") as error:
+        cvat_upload.upload(cvat_upload.connect({**env, "CVAT_ACCESS_TOKEN": "wrong"}), 7, records(), ("car",))
+    assert "wrong" not in str(error.value)
+
+
+def test_missing_configuration_is_explained():
+    with pytest.raises(CvatArgoError, match="set CVAT_HOST"):
+        cvat_upload.connect({})
+    with pytest.raises(CvatArgoError, match="no CVAT credentials"):
+        cvat_upload.connect({"CVAT_HOST": "http://127.0.0.1:9"})
+
+
+def test_score_values_fit_the_attribute():
+    number = cvat_upload.TaskAttribute(1, "score", "number", ("0", "100", "5"))
+    assert cvat_upload.score_value(0.87, number) == "85"
+    assert cvat_upload.score_value(0.87, cvat_upload.TaskAttribute(1, "score", "select", ("a",))) is None
+    assert cvat_upload.score_value(0.87, cvat_upload.TaskAttribute(1, "score", "number", ("0", "1", "0.01"))) == "0.87"
+
+
+def test_plan_rules_directly():
+    state = cvat_upload.TaskState(human_frames={1})
+    state.auto_shapes[2].append(cvat_upload.ExistingShape(2, "car", (10.4, 10, 40, 40.6)))  # within 1 px: ours
+    plan = cvat_upload.plan_upload({0: [auto("car", (1, 1, 2, 2))], 1: [auto("car", (1, 1, 2, 2))],
+                                    2: [auto("car", (10, 10, 40, 40)), auto("car", (0, 0, 5, 5))]}, state)
+    assert sorted(plan.create) == [0, 2] and [s.box for s in plan.create[2]] == [(0, 0, 5, 5)]
+    assert plan.frames_human == [1] and plan.already_present == 1
+
+
+# --- qc-report -----------------------------------------------------------------------------------
+
+QC_LABELS = (LabelSpec("car", type="rectangle"), LabelSpec("person", type="rectangle"))
+
+
+def _reviewed_export(tmp_path: Path) -> tuple[Path, Path]:
+    """Our predictions, and the same task after a hand-made review.
+
+    img_0: car accepted, person corrected (moved);  img_1: car deleted, person accepted, a car added;
+    img_2: both deleted, a person added;  img_3: was annotated by people before (not pre-annotated).
+    """
+    predictions = [
+        ImageRecord(0, "img_0.jpg", 100, 80, (auto("car", (10, 10, 40, 40), 0.95), auto("person", (50, 10, 70, 70), 0.6))),
+        ImageRecord(1, "img_1.jpg", 100, 80, (auto("car", (5, 5, 20, 20), 0.35), auto("person", (30, 10, 60, 70), 0.9))),
+        ImageRecord(2, "img_2.jpg", 100, 80, (auto("car", (1, 1, 9, 9), 0.31), auto("person", (60, 5, 90, 75), 0.32))),
+    ]
+    reviewed = [
+        ImageRecord(0, "img_0.jpg", 100, 80, (auto("car", (10, 10, 40, 40), 0.95),
+                                               Shape("person", "box", (52, 12, 72, 72), source="semi-auto"))),
+        ImageRecord(1, "img_1.jpg", 100, 80, (auto("person", (30, 10, 60, 70), 0.9),
+                                               Shape("car", "box", (70, 50, 95, 75), source="manual"))),
+        ImageRecord(2, "img_2.jpg", 100, 80, (Shape("person", "box", (10, 10, 30, 60), source="manual"),)),
+        ImageRecord(3, "img_3.jpg", 100, 80, (Shape("car", "box", (1, 1, 50, 50), source="manual"),)),
+    ]
+    meta = TaskMeta(labels=QC_LABELS, name="reviewed", size=4, mode="annotation")
+    write_cvat_xml(tmp_path / "predictions.xml", meta, predictions)
+    write_json(tmp_path / "coco.json", coco_document([spec.name for spec in QC_LABELS], predictions))
+    (tmp_path / "export").mkdir()
+    write_cvat_xml(tmp_path / "export" / "annotations.xml", meta, reviewed)
+    return tmp_path / "export", tmp_path / "coco.json"
+
+
+def test_qc_report_on_a_reviewed_export(tmp_path, capsys):
+    from cvat_argo import qc_report
+
+    export, predictions = _reviewed_export(tmp_path)
+    code = qc_report.main([str(export), "--predictions", str(predictions), "--out", str(tmp_path / "qc")])
+    assert code == 0
+    document = json.loads((tmp_path / "qc" / "qc.json").read_text())
+    assert document["images"] == 3  # img_3 was never pre-annotated
+    car, person = document["labels"]["car"], document["labels"]["person"]
+    assert (car["accepted"], car["corrected"], car["deleted"], car["added"]) == (1, 0, 2, 1)
+    assert (person["accepted"], person["corrected"], person["deleted"], person["added"]) == (1, 1, 1, 1)
+    assert car["acceptance_rate"] == pytest.approx(1 / 3, abs=1e-3) and person["acceptance_rate"] == pytest.approx(1 / 3, abs=1e-3)
+    assert car["found_by_model"] == pytest.approx(0.5)
+    assert document["total"]["acceptance_rate"] == pytest.approx(2 / 6, abs=1e-3) and document["retrain"] is True
+    assert document["by_score"]["deleted"][3] == 3 and document["suggested_threshold"] == 0.6
+    markdown = (tmp_path / "qc" / "qc.md").read_text()
+    assert "| car | 1 | 0 | 2 | 1 | 33% | 50% |" in markdown and "retrain" in markdown
+    assert (tmp_path / "qc" / "qc.png").stat().st_size > 1000
+    assert "acceptance 33%" in capsys.readouterr().out
+    # the XML without score attributes gives the same counts, without the score analysis
+    from_xml = qc_report.qc_report(str(export), tmp_path / "qc-xml", tmp_path / "predictions.xml")
+    assert from_xml["labels"] == document["labels"] and from_xml["by_score"] is None
+
+
+def test_qc_report_without_predictions_counts_what_people_kept(tmp_path):
+    from cvat_argo import qc_report
+
+    export, _ = _reviewed_export(tmp_path)
+    document = qc_report.qc_report(str(export), tmp_path / "qc")
+    assert document["images"] == 2  # the images that still hold machine shapes
+    assert document["labels"]["car"]["deleted"] is None
+    assert document["total"]["acceptance_rate"] == pytest.approx(2 / 3, abs=1e-3)
+
+
+def test_qc_report_refuses_an_export_without_sources(tmp_path):
+    from cvat_argo import qc_report
+
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    (tmp_path / "coco" / "annotations" / "instances_default.json").write_text(json.dumps(
+        {"images": [], "annotations": [], "categories": [{"id": 1, "name": "car"}]}))
+    with pytest.raises(DatasetError, match=r"needs the task exported as CVAT for images 1\.1"):
+        qc_report.qc_report(str(tmp_path / "coco"), tmp_path / "qc")
+
+
+# --- with a real trained model ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """A converted tiny model: the convert stage's output folder."""
+    return trained_exported_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory) -> Path:
+    """A synthetic photo with shapes on it, like the ones the model trained on."""
+    import zipfile
+
+    from cvat_argo.synthetic import generate_task
+
+    task = generate_task(tmp_path_factory.mktemp("picture"), images=2, annotated_fraction=0.0, seed=11, name="pic")
+    with zipfile.ZipFile(task.export) as archive:
+        path = tmp_path_factory.mktemp("pictures") / "pic.jpg"
+        path.write_bytes(archive.read("images/pic_00000.jpg"))
+    return path
+
+
+class _Context:
+    """What cvat-sdk's driver passes to detect()."""
+
+    def __init__(self, threshold=None):
+        self.frame_name, self.conf_threshold, self.conv_mask_to_poly = "pic.jpg", threshold, False
+
+
+@pytest.mark.slow
+def test_detection_function_passes_the_sdks_own_validation(exported, picture):
+    import logging
+
+    from cvat_sdk import models
+    from cvat_sdk.auto_annotation import DetectionFunctionSpec
+    from cvat_sdk.auto_annotation.driver import _AnnotationMapper
+    from PIL import Image
+
+    from cvat_argo import cvat_function
+
+    function = cvat_function.create(model=str(exported), threshold=0.0)
+    spec = function.spec
+    assert isinstance(spec, DetectionFunctionSpec)  # its validators ran on construction
+    names = model_labels(exported)
+    assert [(label.id, label.name, label.type) for label in spec.labels] == [
+        (index, name, "rectangle") for index, name in enumerate(names, 1)]
+    with Image.open(picture) as image:
+        everything = function.detect(_Context(0.0), image)
+        scores = sorted(function.detector.detect([np.asarray(image.convert("RGB"))])[0].scores)
+        middle = float(scores[len(scores) // 2])
+        confident = function.detect(_Context(middle), image)
+        default = function.detect(_Context(None), image)
+    assert everything and 0 < len(confident) < len(everything) and len(default) == len(everything)
+    # the task's labels as the server lists them: other ids, another order, an extra label
+    task_labels = [models.Label._from_openapi_data(name=name, id=id_, type="any", attributes=[], sublabels=[])
+                   for id_, name in ((31, names[2]), (32, names[0]), (33, names[1]), (34, "person"))]
+    mapper = _AnnotationMapper(logging.getLogger("test"), spec.labels, task_labels, allow_unmatched_labels=False,
+                               conv_mask_to_poly=False)
+    tags, shapes = mapper.validate_and_remap(everything, 5)  # raises BadFunctionError on any violation
+    assert tags == [] and len(shapes) == len(everything)
+    assert {s.frame for s in shapes} == {5} and {s.source for s in shapes} == {"auto"}
+    assert {s.label_id for s in shapes} <= {31, 32, 33}
+    width, height = Image.open(picture).size
+    for shape in shapes:
+        x0, y0, x1, y1 = shape.points
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+
+
+@pytest.mark.slow
+def test_detection_function_loads_a_model_from_s3(exported, s3_server, tmp_path, monkeypatch):  # noqa: F811
+    from cvat_argo import cvat_function
+    from cvat_argo.store import minio_client
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CVAT_ARGO_CACHE", str(tmp_path / "cache"))
+    client = minio_client()
+    client.make_bucket("models")
+    for path in exported.rglob("*"):
+        if path.is_file():
+            client.fput_object("models", f"run-1/exported/{path.relative_to(exported).as_posix()}", str(path))
+    function = cvat_function.create(model="s3://models/run-1/exported", runtime="tflite")
+    assert tuple(label.name for label in function.spec.labels) == model_labels(exported)
+    assert (tmp_path / "cache").is_dir()
+    again = cvat_function.local_model("s3://models/run-1/exported")  # cached: nothing fetched twice
+    assert again.parent.joinpath(".complete").is_file()
+
+
+def test_detection_function_needs_a_model(monkeypatch):
+    from cvat_argo import cvat_function
+
+    monkeypatch.delenv("CVAT_ARGO_MODEL", raising=False)
+    with pytest.raises(CvatArgoError, match="pass -p model=str:PATH_OR_S3_URI"):
+        cvat_function.create()
+
+
+HANDLER_RUN = r"""
+import base64, json, sys
+sys.path.insert(0, sys.argv[1])
+import main, cvat_argo
+
+class Logger:
+    def __init__(self): self.lines = []
+    def info(self, message): self.lines.append(message)
+    warn = error = debug = info
+
+class UserData: pass
+
+class Context:
+    def __init__(self):
+        self.user_data, self.logger = UserData(), Logger()
+    @staticmethod
+    def Response(body, headers, content_type, status_code):
+        return {"body": body, "content_type": content_type, "status_code": status_code}
+
+class Event:
+    def __init__(self, body): self.body = body
+
+context = Context()
+main.init_context(context)
+image = base64.b64encode(open(sys.argv[2], "rb").read()).decode()
+ok = main.handler(context, Event(json.dumps({"image": image, "threshold": 0.05}).encode()))
+bad = main.handler(context, Event({"threshold": 0.05}))
+print(json.dumps({"ok": ok, "bad": bad, "package": cvat_argo.__file__, "log": context.logger.lines}))
+"""
+
+
+@pytest.mark.slow
+def test_nuclio_bundle_handler_answers_like_cvat_expects(exported, picture, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+    from PIL import Image
+
+    from cvat_argo import nuclio
+    from cvat_argo.serving import load_detector
+
+    assert nuclio.main([str(exported), "--out", str(tmp_path / "fn"), "--name", "Shapes detector"]) == 0
+    function = yaml.safe_load((tmp_path / "fn" / "function.yaml").read_text())
+    assert function["metadata"]["annotations"]["type"] == "detector"
+    assert function["metadata"]["name"] == "cvat-argo-shapes-detector"
+    assert json.loads(function["metadata"]["annotations"]["spec"]) == [
+        {"id": index, "name": name, "type": "rectangle"} for index, name in enumerate(model_labels(exported), 1)]
+    assert function["spec"]["handler"] == "main:handler"
+    assert "ai-edge-litert" in function["spec"]["build"]["directives"]["preCopy"][0]["value"]
+    bundled = {p.name for p in (tmp_path / "fn" / "model").iterdir()}
+    assert {"labels.json", "model.json", "model_fp32.tflite", "tflite.json"} <= bundled
+    assert not bundled & {"saved_model", "model_fp16.tflite"}  # only the runtime the function uses
+    result = subprocess.run([sys.executable, "-c", HANDLER_RUN, str(tmp_path / "fn"), str(picture)],
+                            capture_output=True, text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["package"].startswith(str(tmp_path / "fn"))  # the bundled modules, not the installed package
+    assert answer["ok"]["status_code"] == 200 and answer["ok"]["content_type"] == "application/json"
+    shapes = json.loads(answer["ok"]["body"])
+    assert shapes and all(set(s) == {"confidence", "label", "points", "type"} for s in shapes)
+    assert all(s["type"] == "rectangle" and len(s["points"]) == 4 and float(s["confidence"]) >= 0.05 for s in shapes)
+    # the same detections as the model gives in this process
+    detector = load_detector(exported, runtime="tflite")
+    (found,) = detector.detect([np.asarray(Image.open(picture).convert("RGB"))])
+    found = found.above(0.05)
+    assert [s["label"] for s in shapes] == [detector.labels[c - 1] for c in found.classes]
+    assert np.allclose([s["points"] for s in shapes], found.boxes, atol=0.01)
+    assert answer["bad"]["status_code"] == 400 and "image" in answer["bad"]["body"]
+
+
+def test_nuclio_bundle_refuses_a_folder_that_is_not_a_model(tmp_path):
+    from cvat_argo import nuclio
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CvatArgoError, match=r"has no model\.json and labels\.json"):
+        nuclio.bundle(tmp_path / "empty", tmp_path / "fn")
+    assert not (tmp_path / "fn").exists() and not (tmp_path / "fn.partial").exists()
