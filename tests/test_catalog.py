@@ -21,7 +21,9 @@ def write(tmp_path, text: str):
 
 def test_builtin_catalog_has_the_seed_models_and_mask_rcnn():
     catalog = load_catalog(env={})
-    assert set(SEED_MODELS) | {"maskrcnn-res50-coco"} == set(catalog.models)
+    assert set(SEED_MODELS) | {"maskrcnn-res50-coco", "ssd-mobilenet-v2-small"} == set(catalog.models)
+    small = catalog.model("ssd-mobilenet-v2-small")  # the quickstart's CPU model: no download needed
+    assert small.checkpoint.uri is None and small.backbone["mobilenet"]["filter_size_scale"] == 0.5
     assert catalog.default_model == "ssd-mobilenet-v2-coco"
     assert [m for m in catalog.machines] == ["cpu", "gpu-1", "gpu-2", "gpu-4", "gpu-8"]
 
@@ -43,7 +45,7 @@ def test_builtin_entries_map_to_model_garden_experiments():
     assert mask.experiment == "maskrcnn_resnetfpn_coco" and mask.masks
     for entry in catalog.models.values():
         assert entry.input_size % entry.input_size_multiple == 0
-        assert entry.checkpoint.uri
+        assert entry.checkpoint.uri or entry.name == "ssd-mobilenet-v2-small"  # from scratch, by design
 
 
 def test_default_epochs_depend_on_dataset_size():

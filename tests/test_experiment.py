@@ -149,6 +149,14 @@ def test_global_batch_is_per_gpu_batch_times_clones(dataset, tmp_path):
     plan = plan_for("frcnn-res50-coco", data, tmp_path, Arguments(batch_size=24, num_clones=2), gpus_available=4)
     assert (plan.num_clones, plan.global_batch, plan.per_replica_batch) == (2, 24, 12)
     assert plan.config.runtime.num_gpus == 2
+    assert plan.config.task.model.norm_activation.use_sync_bn  # batch statistics over both replicas
+
+
+def test_batch_norm_is_synchronised_only_across_replicas(dataset, tmp_path):
+    for name in ("ssd-mobilenet-v2-small", "frcnn-res50-coco"):
+        assert not plan_for(name, dataset, tmp_path).config.task.model.norm_activation.use_sync_bn
+        plan = plan_for(name, dataset, tmp_path, Arguments(batch_size=8, num_clones=2), gpus_available=2)
+        assert plan.config.task.model.norm_activation.use_sync_bn
 
 
 def test_batch_must_divide_over_clones_and_clones_need_gpus(dataset, tmp_path):

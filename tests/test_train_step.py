@@ -32,7 +32,7 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def _command(dataset: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "cvat_argo.steps.train", "--model", "ssd-mobilenet-v2-coco", "--args", ARGS,
+    return [sys.executable, "-m", "cvat_argo.steps.train", "--model", "ssd-mobilenet-v2-small", "--args", ARGS,
             "--dataset", str(dataset), "--out", str(out), "--checkpoint-every-steps", "6",
             "--eval-every-steps", "30", *extra]
 
