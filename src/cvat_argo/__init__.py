@@ -8,6 +8,7 @@ The pipeline is declared once (:mod:`cvat_argo.pipeline`) and runs on Argo Workf
     print(cvat_argo.to_yaml(cvat_argo.build_workflow(request)))
     run = cvat_argo.submit(request)          # ARGO_SERVER / ARGO_TOKEN from the environment
     run.wait()
+    local = cvat_argo.run_locally(request)   # or the same pipeline on this machine, no cluster
 """
 
 __version__ = "0.1.0"
@@ -27,6 +28,10 @@ def __getattr__(name: str):
         from . import submission
 
         return getattr(submission, name)
+    if name == "run_locally":
+        from .local import run_locally
+
+        return run_locally
     if name == "build_pipeline":
         from .pipeline import build_pipeline
 
@@ -49,6 +54,7 @@ __all__ = [
     "build_workflow",
     "build_workflow_template",
     "load_catalog",
+    "run_locally",
     "submit",
     "to_yaml",
 ]

@@ -1,4 +1,4 @@
-"""``python -m cvat_argo``: models, machines, plan, render, submit.
+"""``python -m cvat_argo``: models, machines, plan, render, submit, run, quickstart, nuclio-bundle, qc-report.
 
 Every command that builds a run takes the same request flags (``--task-id``/``--source``,
 ``--model``, ``--machine``, ``--args``), so what works in ``plan`` works in ``submit``. Errors a user
@@ -20,6 +20,7 @@ from rich.table import Table
 from . import __version__
 from .catalog import Catalog, load_catalog
 from .errors import CvatArgoError
+from .quickstart import QUICKSTART_BATCH, QUICKSTART_EPOCHS
 from .spec import DEFAULT_MACHINE, DEFAULT_OUTPUT_PREFIX, TrainingRequest
 
 DEFAULT_RENDER_DIR = Path("workflow_templates")
@@ -37,8 +38,8 @@ def _add_catalog_flag(parser: argparse.ArgumentParser) -> None:
                              "(default: $CVAT_ARGO_CATALOG)")
 
 
-def _add_request_flags(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
+def _add_request_flags(parser: argparse.ArgumentParser, *, source_required: bool = True) -> None:
+    source = parser.add_mutually_exclusive_group(required=source_required)
     source.add_argument("--task-id", type=int, help="CVAT task to train on (server and credentials: CVAT_HOST, ...)")
     source.add_argument("--source", help="CVAT export to train on: s3://bucket/key, https:// URL (or a local path "
                                          "for `run`)")
@@ -57,8 +58,11 @@ def _add_request_flags(parser: argparse.ArgumentParser) -> None:
     _add_catalog_flag(parser)
 
 
-def _request(ns: argparse.Namespace, catalog: Catalog) -> TrainingRequest:
+def _request(ns: argparse.Namespace, catalog: Catalog, *, local: bool = False) -> TrainingRequest:
     args = ns.args_file.read_text(encoding="utf-8") if ns.args_file else ns.args
+    source = ns.source
+    if local and source and "://" not in source:
+        source = str(Path(source).expanduser().resolve())  # the run may be resumed from another folder
     labels = {}
     for item in ns.label:
         key, sep, value = item.partition("=")
@@ -66,7 +70,7 @@ def _request(ns: argparse.Namespace, catalog: Catalog) -> TrainingRequest:
             raise CvatArgoError(f"--label {item!r} is not KEY=VALUE")
         labels[key] = value
     request = TrainingRequest.create(
-        source=ns.source, task_id=ns.task_id, args=args, model=ns.model or catalog.default_model,
+        source=source, task_id=ns.task_id, args=args, model=ns.model or catalog.default_model,
         machine=ns.machine, base_model_uri=ns.base_model, base_model_sha256=ns.base_model_sha256,
         val_fraction=ns.val_fraction, output_prefix=ns.output_prefix, tensorboard=not ns.no_tensorboard,
         labels=labels,
@@ -190,6 +194,55 @@ def cmd_submit(ns: argparse.Namespace) -> int:
     return 0 if phase == "Succeeded" else 1
 
 
+def cmd_run(ns: argparse.Namespace) -> int:
+    from . import local
+
+    catalog = load_catalog(ns.catalog)
+    request = None
+    if not ns.resume:
+        if not ns.source and ns.task_id is None:
+            raise CvatArgoError("give --source (a CVAT export) or --task-id, or --resume RUN_ID")
+        request = _request(ns, catalog, local=True)
+    run = local.run_locally(request, store=ns.store, run_id=ns.run_id, resume=ns.resume, catalog=catalog)
+    print(f"run {run.run_id} finished: report {run.root / 'report.md'}")
+    return 0
+
+
+def cmd_quickstart(ns: argparse.Namespace) -> int:
+    from . import local, quickstart
+    from .run_report import write_run_report
+
+    started = time.monotonic()
+    data = quickstart.make_data(Path(ns.store) / "quickstart-data", ns.images, seed=ns.seed)
+    print(f"quickstart: a CVAT task export of {data.images} images, {data.annotated} annotated: {data.export}")
+    request = quickstart.request_for(data, epochs=ns.epochs, batch_size=ns.batch_size, input_size=ns.input_size)
+    run = local.run_locally(None if ns.resume else request, store=ns.store, run_id=ns.run_id, resume=ns.resume)
+    metrics = json.loads((run.root / "train" / "model" / "metrics.json").read_text(encoding="utf-8"))
+    score = quickstart.score_against_truth(run.root / "pre-annotate" / "annotations", data.truth)
+    (run.root / "quickstart-score.json").write_text(json.dumps({"validation": metrics.get("final", {}),
+                                                                "pre_annotations": score}, indent=1) + "\n",
+                                                    encoding="utf-8")
+    write_run_report(run)  # again, with the score
+    final = metrics.get("final", {})
+    print(f"quickstart finished in {(time.monotonic() - started) / 60:.1f} min: validation AP50 "
+          f"{final.get('AP50', float('nan')):.3f}; pre-annotations of the {score.get('images', 0)} unannotated images "
+          f"against their hidden truth: AP50 {score.get('AP50', float('nan')):.3f}, recall {score.get('AR100', 0):.3f}")
+    return 0
+
+
+# Commands whose parser lives in their own module: its ``main(argv)`` gets the rest of the line.
+DELEGATED = {"nuclio-bundle": "nuclio", "qc-report": "qc_report"}
+
+
+def _delegate(module: str):
+    def run(ns: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(f"cvat_argo.{module}").main(ns.rest)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cvat_argo",
@@ -221,6 +274,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_catalog_flag(render)
     render.set_defaults(func=cmd_render)
 
+    run = sub.add_parser("run", help="run the whole pipeline on this machine (no cluster)")
+    _add_request_flags(run, source_required=False)
+    run.add_argument("--store", default="runs",
+                     help="where runs live: a folder (default ./runs) or s3://bucket/prefix (AWS_ENDPOINT_URL, ...)")
+    run.add_argument("--run-id", help="name of the run folder (default: <model>-<time>-<random>)")
+    run.add_argument("--resume", metavar="RUN_ID", help="continue a run: skip stages whose outputs are complete")
+    run.set_defaults(func=cmd_run)
+
+    quick = sub.add_parser("quickstart", help="generate a partly annotated CVAT task and run the whole loop on it here")
+    quick.add_argument("--images", type=int, default=300, help="images in the generated task (60%% annotated)")
+    quick.add_argument("--epochs", type=int, default=QUICKSTART_EPOCHS,
+                       help="training epochs (default: about 1,000 steps)")
+    quick.add_argument("--batch-size", type=int, default=QUICKSTART_BATCH)
+    quick.add_argument("--input-size", type=int, help="model input size (default: the model's, 256)")
+    quick.add_argument("--seed", type=int, default=0, help="seed of the generated task")
+    quick.add_argument("--store", default="runs", help="folder for the data and the run (default ./runs)")
+    quick.add_argument("--run-id", help="name of the run folder")
+    quick.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted quickstart run")
+    quick.set_defaults(func=cmd_quickstart)
+
+    for name, text in (
+        ("nuclio-bundle", "write a nuclio function (function.yaml + handler) for CVAT's serverless auto-annotation "
+                          "from an exported model"),
+        ("qc-report", "after review in CVAT: how many pre-annotations people accepted, corrected, deleted or "
+                      "added, per label"),
+    ):
+        delegated = sub.add_parser(name, help=text, add_help=False)
+        delegated.add_argument("rest", nargs=argparse.REMAINDER)
+        delegated.set_defaults(func=_delegate(DELEGATED[name]))
+
     submit = sub.add_parser("submit", help="submit a run to an Argo server (ARGO_SERVER, ARGO_TOKEN, ...)")
     _add_request_flags(submit)
     submit.add_argument("--wait", action="store_true", help="wait for the run to finish; exit 1 unless it succeeded")
@@ -240,7 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:  # argparse would eat their --help
+        ns = argparse.Namespace(func=_delegate(DELEGATED[argv[0]]), rest=argv[1:])
+    else:
+        ns = parser.parse_args(argv)
     try:
         return ns.func(ns)
     except CvatArgoError as exc:

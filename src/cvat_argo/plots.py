@@ -19,3 +19,7 @@ def save_figure(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def blank_figure(*, width: float, height: float):
+    return plt.figure(figsize=(width, height))
