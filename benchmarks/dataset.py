@@ -1,0 +1,156 @@
+"""Benchmark of the create-dataset stage against Datumaro and against a raw read of the images.
+
+    python benchmarks/dataset.py [--images 2000] [--large 20000] [--out benchmarks/reports]
+
+Makes a CVAT for images 1.1 export of 640x480 JPEGs (all annotated), then, each as a separate
+process so that start-up and peak memory are measured honestly:
+  (a) our stage: python -m cvat_argo.steps.dataset (whole process, and the conversion time it records
+      in dataset.json: reading the export and writing every record, without start-up and report);
+  (b) Datumaro: import_from(..., "cvat") + export(..., "tf_detection_api", save_media=True);
+  (c) a raw read of every image file (the I/O bound).
+Prints a table and writes benchmarks/reports/dataset.md (+ .json). Numbers are measured, never typed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+from cvat_argo.synthetic import generate_task  # noqa: E402
+
+RAW_READ = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    files = sorted(p for p in Path(sys.argv[1]).rglob("*.jpg"))
+    start = time.perf_counter()
+    total = sum(len(p.read_bytes()) for p in files)
+    print(time.perf_counter() - start, total)
+""")
+DATUMARO = textwrap.dedent("""
+    import sys, time
+    start = time.perf_counter()
+    import datumaro as dm
+    dataset = dm.Dataset.import_from(sys.argv[1], "cvat")
+    dataset.export(sys.argv[2], "tf_detection_api", save_media=True)
+    print(time.perf_counter() - start)
+""")
+
+
+def measured(command: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS in MB and stdout of one child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    stdout = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError(f"{command[:4]} failed with status {status}")
+    return elapsed, usage.ru_maxrss / 1024, stdout
+
+
+def make_export(work: Path, images: int) -> Path:
+    task = generate_task(work, images=images, annotated_fraction=1.0, width=640, height=480, seed=1,
+                         name=f"bench{images}")
+    folder = work / f"export{images}"
+    with zipfile.ZipFile(task.export) as archive:
+        archive.extractall(folder)
+    task.export.unlink()
+    return folder
+
+
+def drop_page_cache_hint(folder: Path) -> None:
+    """Read everything once so that every contender starts with the same warm page cache."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.read_bytes()
+
+
+def bench(folder: Path, images: int, with_datumaro: bool) -> dict:
+    drop_page_cache_hint(folder)
+    out = folder.parent / f"ours{images}"
+    shutil.rmtree(out, ignore_errors=True)
+    ours_wall, ours_rss, _ = measured([sys.executable, "-m", "cvat_argo.steps.dataset", "--source", str(folder),
+                                       "--out", str(out)])
+    summary = json.loads((out / "dataset.json").read_text())
+    assert summary["images"]["train"] + summary["images"]["val"] == images, summary["images"]
+    raw_wall, _, raw_out = measured([sys.executable, "-c", RAW_READ, str(folder)])
+    raw_read = float(raw_out.split()[0])
+    row = {"images": images, "ours_process_s": ours_wall, "ours_conversion_s": summary["conversion_seconds"],
+           "ours_peak_mb": ours_rss, "raw_read_s": raw_read, "raw_process_s": raw_wall}
+    if with_datumaro:
+        target = folder.parent / f"datumaro{images}"
+        shutil.rmtree(target, ignore_errors=True)
+        dm_wall, dm_rss, _ = measured([sys.executable, "-c", DATUMARO, str(folder), str(target)])
+        row.update({"datumaro_process_s": dm_wall, "datumaro_peak_mb": dm_rss})
+    shutil.rmtree(out, ignore_errors=True)
+    return row
+
+
+def report(rows: list[dict], out_dir: Path) -> str:
+    lines = ["| images | contender | seconds | images/s | peak RSS (MB) |", "|---:|---|---:|---:|---:|"]
+    for row in rows:
+        n = row["images"]
+        lines.append(f"| {n} | cvat-argo stage, whole process | {row['ours_process_s']:.2f} | "
+                     f"{n / row['ours_process_s']:.0f} | {row['ours_peak_mb']:.0f} |")
+        lines.append(f"| {n} | cvat-argo stage, conversion only | {row['ours_conversion_s']:.2f} | "
+                     f"{n / row['ours_conversion_s']:.0f} | |")
+        if "datumaro_process_s" in row:
+            seconds = row["datumaro_process_s"]
+            lines.append(f"| {n} | Datumaro cvat -> tf_detection_api, whole process | {seconds:.2f} | "
+                         f"{n / seconds:.0f} | {row['datumaro_peak_mb']:.0f} |")
+        lines.append(f"| {n} | raw read of the image files | {row['raw_read_s']:.2f} | {n / row['raw_read_s']:.0f} | |")
+    ratios = []
+    for row in rows:
+        if "datumaro_process_s" in row:
+            speedup = row["datumaro_process_s"] / row["ours_process_s"]
+            ratios.append(f"at {row['images']} images our stage is {speedup:.1f}x faster than Datumaro "
+                          "(whole processes)")
+        ratios.append(f"at {row['images']} images the conversion runs at "
+                      f"{row['raw_read_s'] / row['ours_conversion_s']:.2f}x the raw read rate")
+    if len(rows) > 1:
+        ratios.append(f"peak memory {rows[0]['ours_peak_mb']:.0f} MB at {rows[0]['images']} images, "
+                      f"{rows[-1]['ours_peak_mb']:.0f} MB at {rows[-1]['images']}")
+    text = "\n".join(lines) + "\n\n" + "\n".join(f"- {r}" for r in ratios) + "\n"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "dataset.md").write_text(f"# create-dataset benchmark\n\nMachine: {machine}; 640x480 JPEGs, "
+                                        f"all annotated, 1-3 objects each.\n\n{text}", encoding="utf-8")
+    (out_dir / "dataset.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--large", type=int, default=20000, help="second size for the memory check (0: skip)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "reports")
+    parser.add_argument("--no-datumaro", action="store_true")
+    ns = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cvat-argo-bench-") as tmp:
+        for images, datumaro in ((ns.images, not ns.no_datumaro), (ns.large, False)):
+            if not images:
+                continue
+            print(f"generating {images} images...", file=sys.stderr)
+            folder = make_export(Path(tmp), images)
+            rows.append(bench(folder, images, datumaro))
+            shutil.rmtree(folder)
+    print(report(rows, ns.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
