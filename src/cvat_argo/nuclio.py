@@ -271,15 +271,12 @@ def bundle(model_dir: Path, out: Path, *, name: str | None = None, runtime: str 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CvatArgoError(f"{model_dir} is not a folder: give the convert stage's output")
-    if out.exists() and any(out.iterdir()):
-        raise CvatArgoError(f"output folder {out} exists and is not empty: refusing to overwrite it")
     from .formats.label_map import read_labels_json
+    from .steps.common import build_output
 
     labels = list(read_labels_json(model_dir / "labels.json")) if (model_dir / "labels.json").is_file() else []
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+
+    def build(partial: Path) -> dict[str, Any]:
         copied = _copy_model(model_dir, partial, runtime)
         manifest = copied["manifest"]
         display = name or str(manifest.get("model") or manifest.get("name") or model_dir.name)
@@ -297,14 +294,10 @@ def bundle(model_dir: Path, out: Path, *, name: str | None = None, runtime: str 
                                                         max_detections=max_detections, shape_type=shape_type),
                                          encoding="utf-8")
         modules = _copy_package(partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()
-    partial.rename(out)
-    return {"name": fname, "display_name": display, "runtime": copied["runtime"], "labels": labels,
-            "files": files, "modules": modules}
+        return {"name": fname, "display_name": display, "runtime": copied["runtime"], "labels": labels,
+                "files": files, "modules": modules}
+
+    return build_output(out, build)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

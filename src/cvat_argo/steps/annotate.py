@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections import deque
@@ -47,12 +46,12 @@ from ..annotation_outputs import (
     write_json,
     write_report,
 )
-from ..errors import CvatArgoError, DatasetError
+from ..errors import DatasetError
 from ..formats.annotations import ImageRecord, LabelSpec, TaskMeta
 from ..formats.cvat_xml import write_cvat_xml
 from ..progress import progress_bar
 from ..serving import letterbox_scale
-from .common import run_step
+from .common import build_output, run_step
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 DRAFT_MIN_REDUCTION = 2.0  # decode JPEGs smaller only when that saves at least a 2x downscale
@@ -394,21 +393,7 @@ def annotate(options: Options, partial: Path) -> dict[str, Any]:
 
 
 def run(options: Options) -> dict[str, Any]:
-    out = options.out
-    if out.exists() and any(out.iterdir()):
-        raise CvatArgoError(f"output folder {out} exists and is not empty: refusing to overwrite it")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        summary = annotate(options, partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()
-    partial.rename(out)
-    return summary
+    return build_output(options.out, lambda partial: annotate(options, partial))
 
 
 def _task_id(text: str) -> int | None:

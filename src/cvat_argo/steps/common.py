@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 from ..errors import CvatArgoError
+
+T = TypeVar("T")
+
+
+def build_output(out: Path, build: Callable[[Path], T]) -> T:
+    """Let ``build`` fill ``<out>.partial`` and rename it to ``out`` only when it succeeded.
+
+    A crashed or killed step never leaves a half-written output that looks finished, and an
+    existing non-empty ``out`` (someone's data, or an earlier result) is never overwritten.
+    """
+    if out.exists() and any(out.iterdir()):
+        raise CvatArgoError(f"output folder {out} exists and is not empty: refusing to overwrite it")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        result = build(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    partial.rename(out)
+    return result
 
 
 def run_step(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..dataset_report import write_report
 from ..dataset_source import Export, open_export
-from ..errors import CvatArgoError, DatasetError
+from ..errors import DatasetError
 from ..formats.annotations import ImageRecord
 from ..formats.geometry import box_area, clip_box
 from ..formats.label_map import write_label_map, write_labels_json
@@ -37,7 +37,7 @@ from ..imagefiles import ImageProblem, displayed_size, prepare_image, probe_file
 from ..labels import LabelMapping
 from ..progress import progress_bar, track
 from ..split import split_frames
-from .common import run_step
+from .common import build_output, run_step
 
 FEW_OBJECTS, FEW_PER_LABEL = 100, 10
 
@@ -308,21 +308,7 @@ def _build(options: Options, partial: Path) -> dict[str, Any]:
 
 
 def run(options: Options) -> dict[str, Any]:
-    out = options.out
-    if out.exists() and any(out.iterdir()):
-        raise CvatArgoError(f"output folder {out} exists and is not empty: refusing to overwrite it")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        summary = _build(options, partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()
-    partial.rename(out)
-    return summary
+    return build_output(options.out, lambda partial: _build(options, partial))
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:
