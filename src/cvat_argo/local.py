@@ -14,7 +14,6 @@ deleted. Like Argo's exit handler, ``record-status`` runs at the end whatever ha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -34,7 +33,7 @@ from .catalog import Catalog
 from .errors import CvatArgoError
 from .pipeline import PLACEHOLDER, TRANSIENT_EXIT_CODE, Pipeline, Stage, build_pipeline
 from .spec import TrainingRequest
-from .store import S3Store, store_from_url
+from .store import S3Store, file_sha256, store_from_url
 
 MANIFEST = "manifest.json"
 LOG = "log.txt"
@@ -101,14 +100,6 @@ def new_run_id(request: TrainingRequest) -> str:
     return f"{request.model}-{stamp}-{secrets.token_hex(2)}"
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_manifest(run: LocalRun, stage: Stage, seconds: float) -> None:
     files = {}
     for artifact in stage.outputs:
@@ -116,7 +107,7 @@ def write_manifest(run: LocalRun, stage: Stage, seconds: float) -> None:
         paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for path in paths:
             files[path.relative_to(run.stage_dir(stage.name)).as_posix()] = {
-                "bytes": path.stat().st_size, "sha256": file_digest(path)}
+                "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     manifest = {"stage": stage.name, "seconds": round(seconds, 1), "files": files,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (run.stage_dir(stage.name) / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
@@ -132,7 +123,7 @@ def manifest_problem(run: LocalRun, stage: Stage) -> str | None:
         file = run.stage_dir(stage.name) / relative
         if not file.is_file():
             return f"{relative} is missing"
-        if file.stat().st_size != expected["bytes"] or file_digest(file) != expected["sha256"]:
+        if file.stat().st_size != expected["bytes"] or file_sha256(file) != expected["sha256"]:
             return f"{relative} changed"
     return None
 

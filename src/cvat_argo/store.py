@@ -583,7 +583,7 @@ def _fetch_local(path: Path, uri: str, expected: str | None) -> Path:
     if expected:
         if not path.is_file():
             raise CvatArgoError(f"{uri} is a folder; a sha256 can only be checked on a single file")
-        actual = _file_sha256(path)
+        actual = file_sha256(path)
         if actual != expected:  # the user's own file: reported, never removed
             raise DatasetError(f"{uri}: sha256 is {actual}, expected {expected}")
     return path
@@ -616,13 +616,14 @@ def _fetch_s3(uri: str, dest: Path, *, env: Mapping[str, str] | None, progress: 
 
 def _verify_downloaded(path: Path, uri: str, expected: str | None) -> None:
     if expected:
-        actual = _file_sha256(path)
+        actual = file_sha256(path)
         if actual != expected:
             path.unlink()
             raise DatasetError(f"{_redact(uri)}: sha256 is {actual}, expected {expected}; the download was removed")
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in chunks (checkpoints and exports can be gigabytes)."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
         while chunk := file.read(_CHUNK):

@@ -28,7 +28,6 @@ fails the stage and leaves the details in ``OUT_DIR.partial/self_test.json``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import itertools
 import json
@@ -50,6 +49,7 @@ from ..formats.label_map import read_labels_json, write_labels_json
 from ..formats.tfrecord import BytesList, decode_example, read_records
 from ..models import ModelEntry
 from ..serving import Detections
+from ..store import file_sha256
 from .common import run_step
 
 FORMAT = "cvat-argo/convert"
@@ -603,12 +603,8 @@ def file_entries(out: Path) -> list[dict[str, Any]]:
     paths += sorted(p for p in (out / serving.SAVED_MODEL_DIR).rglob("*") if p.is_file())
     for path in paths:
         if path.is_file():
-            digest = hashlib.sha256()
-            with path.open("rb") as stream:
-                for block in iter(lambda: stream.read(1 << 20), b""):
-                    digest.update(block)
             entries.append({"file": path.relative_to(out).as_posix(), "bytes": path.stat().st_size,
-                            "sha256": digest.hexdigest()})
+                            "sha256": file_sha256(path)})
     return entries
 
 

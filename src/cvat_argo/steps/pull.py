@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from ..archive import extract, is_archive
 from ..catalog import entry_from_parameters
 from ..errors import DatasetError
-from ..store import Store, fetch, store_from_env
+from ..store import Store, fetch, file_sha256, store_from_env
 from .common import run_step
 
 CACHE_PREFIX = "base-models"
@@ -63,14 +63,6 @@ def tree_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def mirrored(uri: str, mirror: str | None) -> str:
     """The URI under the mirror: same file name, mirror's location."""
     if not mirror:
@@ -93,7 +85,7 @@ def _fetch_source(uri: str, work: Path, expected: str | None) -> tuple[Path, str
         return folder, digest
     local = fetch(uri, work / "download", expected_sha256=expected if _single_file_uri(uri) else None)
     if local.is_file():
-        return local, file_digest(local)
+        return local, file_sha256(local)
     if local.is_dir():
         digest = tree_digest(local)
     else:  # an s3:// checkpoint prefix: fetch returned the prefix path, its files sit beside it
