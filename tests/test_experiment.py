@@ -159,6 +159,35 @@ def test_batch_norm_is_synchronised_only_across_replicas(dataset, tmp_path):
         assert plan.config.task.model.norm_activation.use_sync_bn
 
 
+def test_batch_norm_averages_span_a_small_part_of_the_run(dataset, tmp_path):
+    """Model Garden's 0.99 made a 1,050-step quickstart evaluate to AP50 0 until step 441 (see experiment.py)."""
+    data = with_counts(dataset, tmp_path / "data", train=800, val=100)
+
+    def momentum(epochs: int) -> float:
+        plan = plan_for("ssd-mobilenet-v2-small", data, tmp_path, Arguments(epochs=epochs, batch_size=8))
+        return plan.config.task.model.norm_activation.norm_momentum
+
+    assert momentum(5) == 0.9  # 500 steps: a window of 10 steps, the floor
+    assert momentum(20) == pytest.approx(1 - 1 / 40)  # 2,000 steps: a 40-step window
+    assert momentum(100) == 0.99  # 10,000 steps: Model Garden's own value, the ceiling
+    plan = plan_for("ssd-mobilenet-v2-small", data, tmp_path, Arguments(epochs=5, batch_size=8),
+                    overrides=["task.model.norm_activation.norm_momentum=0.97"])
+    assert plan.config.task.model.norm_activation.norm_momentum == 0.97  # experts still decide
+
+
+def test_retinanet_nms_candidates_are_sized_for_small_inputs(dataset, tmp_path):
+    """5,000 candidates per image made each CPU evaluation batch cost 1.4 s instead of 0.18 s."""
+    assert plan_for("ssd-mobilenet-v2-small", dataset, tmp_path).config.task.model.detection_generator.pre_nms_top_k == 1000
+    default = load_config_defaults("fasterrcnn_resnetfpn_coco").task.model.detection_generator.pre_nms_top_k
+    assert plan_for("frcnn-res50-coco", dataset, tmp_path).config.task.model.detection_generator.pre_nms_top_k == default
+
+
+def load_config_defaults(experiment: str):
+    from official.core import exp_factory
+
+    return exp_factory.get_exp_config(experiment)
+
+
 def test_batch_must_divide_over_clones_and_clones_need_gpus(dataset, tmp_path):
     with pytest.raises(ArgumentError, match=r"batch_size=10 cannot be split evenly over num_clones=4"):
         plan_for("frcnn-res50-coco", dataset, tmp_path, Arguments(batch_size=10), gpus_available=4)
