@@ -51,7 +51,7 @@ from ..formats.annotations import ImageRecord, LabelSpec, TaskMeta
 from ..formats.cvat_xml import write_cvat_xml
 from ..progress import progress_bar
 from ..serving import letterbox_scale
-from .common import build_output, run_step
+from .common import build_output, exit_without_teardown, run_step
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 DRAFT_MIN_REDUCTION = 2.0  # decode JPEGs smaller only when that saves at least a 2x downscale
@@ -458,4 +458,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step(main))
+    exit_without_teardown(run_step(main))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -49,3 +52,18 @@ def run_step(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def exit_without_teardown(code: int) -> None:
+    """End a TensorFlow step right after its work: flush, then ``os._exit``.
+
+    TensorFlow's background threads (tf.data autotuning, thread pools) can deadlock Python's own
+    shutdown: a train step that had written every output was seen waiting for minutes in
+    ``Py_FinalizeEx``, which would stall the local engine and keep a pod alive. By this point every
+    file the step writes is closed; only the streams and logging handlers need flushing.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing left to flush
+            stream.flush()
+    os._exit(code)

@@ -33,7 +33,6 @@ import itertools
 import json
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -50,7 +49,7 @@ from ..formats.tfrecord import BytesList, decode_example, read_records
 from ..models import ModelEntry
 from ..serving import Detections
 from ..store import file_sha256
-from .common import run_step
+from .common import exit_without_teardown, run_step
 
 FORMAT = "cvat-argo/convert"
 FORMAT_VERSION = 1
@@ -767,4 +766,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step(main))
+    exit_without_teardown(run_step(main))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..catalog import entry_from_parameters
 from ..errors import ArgumentError, CvatArgoError
 from ..spec import Arguments
 from ..store import store_from_env
-from .common import run_step
+from .common import exit_without_teardown, run_step
 
 BASE_MANIFEST = "base-model.json"
 #: What convert needs to rebuild the model: the catalog entry (with its experiment) and the labels.
@@ -183,4 +182,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_step(main))
+    exit_without_teardown(run_step(main))
