@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick = sub.add_parser("quickstart", help="generate a partly annotated CVAT task and run the whole loop on it here")
     quick.add_argument("--images", type=int, default=300, help="images in the generated task (60%% annotated)")
     quick.add_argument("--epochs", type=int, default=QUICKSTART_EPOCHS,
-                       help="training epochs (default: about 1,000 steps)")
+                       help="training epochs (default: about 500 steps)")
     quick.add_argument("--batch-size", type=int, default=QUICKSTART_BATCH)
     quick.add_argument("--input-size", type=int, help="model input size (default: the model's, 256)")
     quick.add_argument("--seed", type=int, default=0, help="seed of the generated task")
