@@ -1,6 +1,6 @@
 """Training benchmark: images/s of every catalog model on this machine, and what the SSD models learn.
 
-    python benchmarks/train.py [--speed-steps 6] [--images 1000] [--steps 1000] [--out benchmarks/reports]
+    python benchmarks/train.py [--speed-steps 6] [--images 1000] [--steps 600] [--out benchmarks/reports]
 
 Part 1, speed: each catalog model at a fixed small input (128 px; 256 px for the SSD models),
 batch 2 (8 for SSD), built from its Model Garden experiment exactly as the train stage builds it,
@@ -39,6 +39,9 @@ SMALL_RCNN = (  # the same CPU-sized heads the test suite uses; the backbones ar
     "task.model.roi_generator.test_num_proposals=128",
 )
 
+#: Mask R-CNN samples its mask targets from the RoIs above: no more than there are.
+SMALL_MASKS = ("task.model.mask_sampler.num_sampled_masks=32",)
+
 
 def speed(name: str, dataset: Path, work: Path, steps: int, gpus: int) -> float:
     """Images/s of the model's compiled train step (the stage's own experiment and task)."""
@@ -53,7 +56,7 @@ def speed(name: str, dataset: Path, work: Path, steps: int, gpus: int) -> float:
     size = SMALL_SIZE.get(entry.architecture, 128)
     batch = 8 if entry.architecture == "retinanet" else 2
     batch *= max(1, gpus)
-    overrides = () if entry.architecture == "retinanet" else SMALL_RCNN
+    overrides = () if entry.architecture == "retinanet" else SMALL_RCNN + (SMALL_MASKS if entry.masks else ())
     plan = build_experiment(entry, Arguments(input_size=size, batch_size=batch, epochs=100,
                                              num_clones=gpus or None),
                             dataset, model_dir=work / name, gpus_available=gpus, overrides=overrides)
@@ -98,7 +101,8 @@ def shapes_dataset(work: Path, images: int) -> tuple[Path, int]:
 
     task = generate_task(work, images=images, annotated_fraction=1.0, width=256, height=256, seed=3, name="shapes")
     out = work / "dataset"
-    subprocess.run([sys.executable, "-m", "cvat_argo.steps.dataset", "--source", str(task.export), "--out", str(out)],
+    subprocess.run([sys.executable, "-m", "cvat_argo.steps.dataset", "--source", str(task.export), "--out", str(out),
+                    "--masks", "yes"],  # Mask R-CNN trains on the same records
                    check=True, stdout=subprocess.DEVNULL)
     counts = json.loads((out / "dataset.json").read_text())["images"]
     return out, counts["train"]
@@ -108,7 +112,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed-steps", type=int, default=6)
     parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--models", nargs="*", help="speed part: these models only (default: the whole catalog)")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "reports")
