@@ -13,6 +13,7 @@ import pytest
 from annotate_fixtures import model_labels, trained_exported_model
 from cvat_argo import cvat_upload
 from cvat_argo.annotation_outputs import coco_document, write_json
+from cvat_argo.cvat_server import connect
 from cvat_argo.errors import CvatArgoError, DatasetError
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
 from cvat_argo.formats.cvat_xml import write_cvat_xml
@@ -62,7 +63,7 @@ def task_with_people_work() -> FakeTask:
 def test_upload_appends_only_on_frames_without_human_shapes_and_never_duplicates():
     task = task_with_people_work()
     with cvat_server(task) as env:
-        client = cvat_upload.connect(env)
+        client = connect(env)
         first = cvat_upload.upload(client, 7, records(), ("car", "person"))
         assert first == {"task_id": 7, "dry_run": False, "created": 5, "frames_created": 3, "frames_human": 5,
                          "frames_other_auto": 1, "already_present": 1, "frames_deleted_in_task": 0}
@@ -88,7 +89,7 @@ def test_upload_appends_only_on_frames_without_human_shapes_and_never_duplicates
 def test_dry_run_reports_and_sends_nothing():
     task = task_with_people_work()
     with cvat_server(task) as env:
-        summary = cvat_upload.upload(cvat_upload.connect(env), 7, records(), ("car", "person"), dry_run=True)
+        summary = cvat_upload.upload(connect(env), 7, records(), ("car", "person"), dry_run=True)
     assert summary["created"] == 5 and summary["dry_run"] is True
     assert task.patches == []
 
@@ -96,7 +97,7 @@ def test_dry_run_reports_and_sends_nothing():
 def test_labels_the_task_lacks_stop_before_any_change():
     task = task_with_people_work()
     with cvat_server(task) as env, pytest.raises(DatasetError) as error:
-        cvat_upload.upload(cvat_upload.connect(env), 7, records(), ("car", "person", "bicycle"))
+        cvat_upload.upload(connect(env), 7, records(), ("car", "person", "bicycle"))
     assert "lacks the model's label(s) 'bicycle'" in str(error.value) and "nothing was uploaded" in str(error.value)
     assert task.patches == []
 
@@ -105,7 +106,7 @@ def test_predictions_for_another_tasks_images_are_refused():
     task = task_with_people_work()
     task.frames = [{"name": f"other_{i}.jpg", "width": 100, "height": 80} for i in range(9)]
     with cvat_server(task) as env, pytest.raises(DatasetError, match=r"frame 0 is 'other_0\.jpg'"):
-        cvat_upload.upload(cvat_upload.connect(env), 7, records(), ("car", "person"))
+        cvat_upload.upload(connect(env), 7, records(), ("car", "person"))
     assert task.patches == []
 
 
@@ -114,7 +115,7 @@ def test_deleted_frames_are_skipped_and_names_match_by_suffix():
     task.frames = [{"name": f"images/img_{i}.jpg", "width": 100, "height": 80} for i in range(9)]
     task.deleted_frames = [0]
     with cvat_server(task) as env:
-        summary = cvat_upload.upload(cvat_upload.connect(env), 7, records(), ("car", "person"))
+        summary = cvat_upload.upload(connect(env), 7, records(), ("car", "person"))
     assert summary["frames_deleted_in_task"] == 1
     assert sorted({s["frame"] for s in task.patches[0]["shapes"]}) == [3, 7]
 
@@ -122,15 +123,15 @@ def test_deleted_frames_are_skipped_and_names_match_by_suffix():
 def test_wrong_token_is_a_readable_error():
     task = task_with_people_work()
     with cvat_server(task) as env, pytest.raises(CvatArgoError, match="refused") as error:
-        cvat_upload.upload(cvat_upload.connect({**env, "CVAT_ACCESS_TOKEN": "wrong"}), 7, records(), ("car",))
+        cvat_upload.upload(connect({**env, "CVAT_ACCESS_TOKEN": "wrong"}), 7, records(), ("car",))
     assert "wrong" not in str(error.value)
 
 
 def test_missing_configuration_is_explained():
     with pytest.raises(CvatArgoError, match="set CVAT_HOST"):
-        cvat_upload.connect({})
+        connect({})
     with pytest.raises(CvatArgoError, match="no CVAT credentials"):
-        cvat_upload.connect({"CVAT_HOST": "http://127.0.0.1:9"})
+        connect({"CVAT_HOST": "http://127.0.0.1:9"})
 
 
 def test_score_values_fit_the_attribute():

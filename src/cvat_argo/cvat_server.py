@@ -19,38 +19,46 @@ EXPORT_FORMAT = "CVAT for images 1.1"
 REVIEWED_STAGES = ("validation", "acceptance")
 
 
-def client_from_env(env: Mapping[str, str] | None = None):
+def connect(env: Mapping[str, str] | None = None, *, needs: str = "a live CVAT task"):
+    """A logged-in cvat-sdk client for ``CVAT_HOST`` with the environment's credentials.
+
+    The SDK's server-version check is off: cvat-sdk 2.80 refuses older servers outright, while the
+    few endpoints used here have been stable for years (their answers are read leniently).
+    """
     env = os.environ if env is None else env
     host = env.get("CVAT_HOST")
     if not host:
         raise CvatArgoError("no CVAT server: set CVAT_HOST (and CVAT_ACCESS_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD)")
     try:
-        from cvat_sdk import make_client
+        from cvat_sdk import Client
+        from cvat_sdk.core.client import AccessTokenCredentials
     except ImportError:
-        raise CvatArgoError("a live CVAT task needs cvat-sdk: pip install 'cvat-argo[cvat]'") from None
-    token = env.get("CVAT_ACCESS_TOKEN")
-    user, password = env.get("CVAT_USERNAME"), env.get("CVAT_PASSWORD")
+        raise CvatArgoError(f"{needs} needs cvat-sdk: pip install 'cvat-argo[cvat]'") from None
+    token, user, password = env.get("CVAT_ACCESS_TOKEN"), env.get("CVAT_USERNAME"), env.get("CVAT_PASSWORD")
     if not token and not (user and password):
         raise CvatArgoError(f"no CVAT credentials for {host}: set CVAT_ACCESS_TOKEN, or CVAT_USERNAME and "
                             "CVAT_PASSWORD")
     try:
-        if token:
-            return make_client(host, access_token=token)
-        return make_client(host, credentials=(user, password))
+        client = Client(host if "://" in host else f"https://{host}", check_server_version=False)
+        client.login(AccessTokenCredentials(token) if token else (user, password))
+        return client
     except Exception as exc:
-        raise _readable(exc, host) from None
+        raise readable_error(exc, host, "login") from None
 
 
-def _readable(exc: Exception, host: str) -> CvatArgoError:
+def readable_error(exc: Exception, host: str, what: str) -> CvatArgoError:
+    """One line for a failed CVAT request, typed so the engines retry only what may pass next time."""
     status = getattr(exc, "status", None)
+    if isinstance(exc, CvatArgoError):
+        return exc
     if status in (401, 403):
-        return CvatArgoError(f"CVAT at {host} refused the credentials (HTTP {status}): check CVAT_ACCESS_TOKEN or "
-                             "CVAT_USERNAME/CVAT_PASSWORD")
+        return CvatArgoError(f"CVAT at {host} refused {what} (HTTP {status}): check CVAT_ACCESS_TOKEN or "
+                             "CVAT_USERNAME/CVAT_PASSWORD and the user's rights on the task")
     if status == 404:
-        return DatasetError(f"CVAT at {host}: not found (HTTP 404)")
+        return DatasetError(f"CVAT at {host}: {what}: not found (HTTP 404)")
     if status is None or status >= 500:
-        return TransientError(f"CVAT at {host} did not answer ({type(exc).__name__}): will retry")
-    return CvatArgoError(f"CVAT at {host} answered HTTP {status}")
+        return TransientError(f"CVAT at {host} did not answer {what} ({type(exc).__name__}): will retry")
+    return CvatArgoError(f"CVAT at {host}: {what} failed with HTTP {status}")
 
 
 def reviewed_frames(jobs: Iterable[Any]) -> set[int]:
@@ -66,7 +74,7 @@ def reviewed_frames(jobs: Iterable[Any]) -> set[int]:
 
 def export_task(task_id: int, dest: Path, env: Mapping[str, str] | None = None) -> tuple[Path, set[int]]:
     """Export the task as CVAT for images 1.1 with images; also return the frames people reviewed."""
-    client = client_from_env(env)
+    client = connect(env)
     host = client.api_map.host if hasattr(client, "api_map") else "CVAT"
     try:
         task = client.tasks.retrieve(task_id)
@@ -74,7 +82,5 @@ def export_task(task_id: int, dest: Path, env: Mapping[str, str] | None = None) 
         archive = dest / f"task-{task_id}.zip"
         task.export_dataset(EXPORT_FORMAT, archive, include_images=True)
         return archive, reviewed_frames(task.get_jobs())
-    except CvatArgoError:
-        raise
     except Exception as exc:
-        raise _readable(exc, str(host)) from None
+        raise readable_error(exc, str(host), f"exporting task {task_id}") from None

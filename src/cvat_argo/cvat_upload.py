@@ -21,13 +21,13 @@ or newer than the SDK work (the SDK 2.80 refuses old servers unless the version 
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CvatArgoError, DatasetError, TransientError
+from .cvat_server import readable_error
+from .errors import DatasetError
 from .formats.annotations import ImageRecord, LabelSpec, Shape
 
 DEFAULT_TOLERANCE = 1.0  # pixels; CVAT keeps coordinates as floats, so a round trip moves nothing
@@ -219,43 +219,6 @@ def shape_request(shape: Shape, frame: int, label: TaskLabel):
 # --- talking to the server -----------------------------------------------------------------------
 
 
-def connect(env: Mapping[str, str] | None = None):
-    """A cvat-sdk client for ``CVAT_HOST`` with the environment's credentials (no server version check)."""
-    env = os.environ if env is None else env
-    host = env.get("CVAT_HOST")
-    if not host:
-        raise CvatArgoError("no CVAT server: set CVAT_HOST (and CVAT_ACCESS_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD)")
-    try:
-        from cvat_sdk import Client
-        from cvat_sdk.core.client import AccessTokenCredentials
-    except ImportError:
-        raise CvatArgoError("uploading to CVAT needs cvat-sdk: pip install 'cvat-argo[cvat]'") from None
-    token, user, password = env.get("CVAT_ACCESS_TOKEN"), env.get("CVAT_USERNAME"), env.get("CVAT_PASSWORD")
-    if not token and not (user and password):
-        raise CvatArgoError(f"no CVAT credentials for {host}: set CVAT_ACCESS_TOKEN, or CVAT_USERNAME and "
-                            "CVAT_PASSWORD")
-    try:
-        client = Client(host if "://" in host else f"https://{host}", check_server_version=False)
-        client.login(AccessTokenCredentials(token) if token else (user, password))
-        return client
-    except Exception as exc:
-        raise _readable(exc, host, "login") from None
-
-
-def _readable(exc: Exception, host: str, what: str) -> CvatArgoError:
-    status = getattr(exc, "status", None)
-    if isinstance(exc, CvatArgoError):
-        return exc
-    if status in (401, 403):
-        return CvatArgoError(f"CVAT at {host} refused {what} (HTTP {status}): check CVAT_ACCESS_TOKEN or "
-                             "CVAT_USERNAME/CVAT_PASSWORD and the user's rights on the task")
-    if status == 404:
-        return DatasetError(f"CVAT at {host}: {what}: not found (HTTP 404)")
-    if status is None or status >= 500:
-        return TransientError(f"CVAT at {host} did not answer {what} ({type(exc).__name__}): will retry")
-    return CvatArgoError(f"CVAT at {host}: {what} failed with HTTP {status}")
-
-
 class CvatTask:
     """The few task endpoints the upload needs, answers read as JSON."""
 
@@ -267,7 +230,7 @@ class CvatTask:
         try:
             _, response = call(*args, _parse_response=False, **kwargs)
         except Exception as exc:
-            raise _readable(exc, self.host, what) from None
+            raise readable_error(exc, self.host, what) from None
         return json.loads(response.data or b"{}")
 
     def labels(self) -> dict[str, TaskLabel]:
@@ -300,7 +263,7 @@ class CvatTask:
                 "create", self.task_id, patched_labeled_data_request=models.PatchedLabeledDataRequest(shapes=requests),
                 _parse_response=False)
         except Exception as exc:
-            raise _readable(exc, self.host, f"adding shapes to task {self.task_id}") from None
+            raise readable_error(exc, self.host, f"adding shapes to task {self.task_id}") from None
 
 
 def _same_name(ours: str, theirs: str) -> bool:

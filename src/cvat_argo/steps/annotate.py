@@ -311,9 +311,9 @@ def _upload_target(options: Options) -> tuple[Any, int | None, str | None]:
         return None, task_id, "not uploaded: CVAT_HOST is not set"
     if task_id is None:
         return None, None, "not uploaded: no task id (give --cvat-task-id)"
-    from ..cvat_upload import connect
+    from ..cvat_server import connect
 
-    return connect(options.env), task_id, None
+    return connect(options.env, needs="uploading to CVAT"), task_id, None
 
 
 def annotate(options: Options, partial: Path) -> dict[str, Any]:
