@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
 SMALL_SIZE = {"retinanet": 256}
-SMALL_RCNN = (  # the same CPU-sized heads the test suite uses; the backbones are the catalog's
+SMALL_RCNN = (  # fewer RoIs and proposals than COCO's, for CPU speed; backbones as in the catalog
     "task.model.roi_sampler.num_sampled_rois=64",
     "task.model.roi_generator.num_proposals=128",
     "task.model.roi_generator.test_num_proposals=128",

@@ -34,20 +34,10 @@ from cvat_argo.training.experiment import (  # noqa: E402
     save_config,
 )
 from tiny_dataset import write_tiny_dataset  # noqa: E402
+from trained_model import SMALL_RCNN_HEADS as SMALL_RCNN  # noqa: E402
 
 CATALOG = load_catalog(env={})
 MODELS = sorted(CATALOG.models)
-# CPU-sized R-CNN heads for the training tests: fewer proposals, sampled RoIs and filters. The
-# backbones stay as the catalog has them (ResNet depth cannot shrink); 64 px images keep them cheap.
-SMALL_RCNN = (
-    "task.model.roi_sampler.num_sampled_rois=32",
-    "task.model.roi_generator.num_proposals=64",
-    "task.model.roi_generator.pre_nms_top_k=256",
-    "task.model.roi_generator.test_num_proposals=64",
-    "task.model.roi_generator.test_pre_nms_top_k=256",
-    "task.model.rpn_head.num_filters=32",
-    "task.model.detection_head={num_convs: 1, num_filters: 32, fc_dims: 64}",
-)
 SMALL_MASKS = ("task.model.mask_sampler.num_sampled_masks=8", "task.model.mask_head={num_convs: 1, num_filters: 32}")
 EAGER = ("trainer.train_tf_function=false", "trainer.train_tf_while_loop=false", "trainer.eval_tf_function=false")
 
