@@ -43,6 +43,9 @@ def connect(env: Mapping[str, str] | None = None, *, needs: str = "a live CVAT t
         client.login(AccessTokenCredentials(token) if token else (user, password))
         return client
     except Exception as exc:
+        if getattr(exc, "status", None) == 400:  # CVAT's answer to a wrong user name or password
+            raise CvatArgoError(f"CVAT at {host} refused the login (HTTP 400): check CVAT_USERNAME and "
+                                "CVAT_PASSWORD") from None
         raise readable_error(exc, host, "login") from None
 
 
@@ -51,6 +54,10 @@ def readable_error(exc: Exception, host: str, what: str) -> CvatArgoError:
     status = getattr(exc, "status", None)
     if isinstance(exc, CvatArgoError):
         return exc
+    if type(exc).__name__ == "BackgroundRequestException":  # the server ran the export and it failed there
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        said = f": {lines[-1]}" if lines else ""
+        return TransientError(f"CVAT at {host}: {what} failed on the server{said}: will retry")
     if status in (401, 403):
         return CvatArgoError(f"CVAT at {host} refused {what} (HTTP {status}): check CVAT_ACCESS_TOKEN or "
                              "CVAT_USERNAME/CVAT_PASSWORD and the user's rights on the task")
@@ -73,14 +80,20 @@ def reviewed_frames(jobs: Iterable[Any]) -> set[int]:
 
 
 def export_task(task_id: int, dest: Path, env: Mapping[str, str] | None = None) -> tuple[Path, set[int]]:
-    """Export the task as CVAT for images 1.1 with images; also return the frames people reviewed."""
+    """Export the task as CVAT for images 1.1 with images; also return the frames people reviewed.
+
+    The jobs are read before the export starts: a job finished while the export runs then counts as
+    not reviewed (its empty frames are pre-annotated), never the other way round, where a frame
+    exported before its shapes were drawn would train as a negative.
+    """
     client = connect(env)
     host = client.api_map.host if hasattr(client, "api_map") else "CVAT"
     try:
         task = client.tasks.retrieve(task_id)
+        reviewed = reviewed_frames(task.get_jobs())
         dest.mkdir(parents=True, exist_ok=True)
         archive = dest / f"task-{task_id}.zip"
         task.export_dataset(EXPORT_FORMAT, archive, include_images=True)
-        return archive, reviewed_frames(task.get_jobs())
+        return archive, reviewed
     except Exception as exc:
         raise readable_error(exc, str(host), f"exporting task {task_id}") from None

@@ -1,7 +1,9 @@
 """create-dataset: a CVAT export in, TFRecord shards and the list of images to pre-annotate out.
 
 ``python -m cvat_argo.steps.dataset --source SRC --out DIR [--val-fraction 0.1] [--seed 0]
-[--labels a,b] [--rename a=b] [--empty-frames pre-annotate|negatives] [--strict]``
+[--labels a,b] [--rename a=b] [--empty-frames pre-annotate|negatives] [--strict]``, or
+``--cvat-task-id ID`` instead of ``--source`` to export a live task (``CVAT_HOST`` and credentials in
+the environment; empty frames of jobs that are completed or in validation/acceptance train as negatives).
 
 Two streaming passes over the annotations keep memory flat in the task size: the first decides
 which images are annotated and splits them (seeded, stratified), the second writes each image once,
@@ -56,6 +58,12 @@ class Options:
     work: Path | None = None
     reviewed_frames: set[int] = field(default_factory=set)  # from a live task: annotated even when empty
     masks: bool = False  # write instance masks (Mask R-CNN)
+    cvat_task_id: int | None = None  # the live task ``source`` (a download) was exported from
+
+    @property
+    def described(self) -> str:
+        """The source as messages and dataset.json name it: the task, not its temporary download."""
+        return f"CVAT task {self.cvat_task_id}" if self.cvat_task_id is not None else self.source
 
 
 @dataclass
@@ -139,7 +147,7 @@ def plan(export: Export, mapping: LabelMapping, options: Options, skips: Skips) 
         skips.add(f"label {label}", f"{count} shape(s) with a label the task does not define: dropped")
     if not result.labels_by_frame:
         raise DatasetError(
-            f"no annotated image in {options.source}: annotate some images in CVAT first (an image with at least "
+            f"no annotated image in {options.described}: annotate some images in CVAT first (an image with at least "
             "one shape counts as annotated)"
         )
     return result
@@ -282,7 +290,8 @@ def _build(options: Options, partial: Path) -> dict[str, Any]:
     (partial / "unannotated.json").write_text(
         json.dumps({"count": len(unannotated), "images": unannotated}, indent=1) + "\n", encoding="utf-8")
     summary = {
-        "source": options.source,
+        "source": options.described,
+        **({"cvat_task_id": options.cvat_task_id} if options.cvat_task_id is not None else {}),
         "format": export.format,
         "labels": list(mapping.names),
         "images": {"train": written["images"].get("train", 0), "val": written["images"].get("val", 0),
@@ -301,7 +310,7 @@ def _build(options: Options, partial: Path) -> dict[str, Any]:
                     "rename": options.rename, "empty_frames": options.empty_frames, "masks": options.masks},
     }
     if summary["images"]["train"] == 0:
-        raise DatasetError(f"no usable training image in {options.source}: see the skipped images")
+        raise DatasetError(f"no usable training image in {options.described}: see the skipped images")
     (partial / "dataset.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     write_report(partial, summary, written["box_sizes"])
     return summary
@@ -358,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DatasetError(f"--val-fraction {ns.val_fraction} must be between 0 and 1")
     if not ns.source and not ns.cvat_task_id:
         raise DatasetError("give --source (a CVAT export) or --cvat-task-id")
+    if not ns.source and not ns.cvat_task_id.strip().isdigit():
+        raise DatasetError(f"--cvat-task-id {ns.cvat_task_id!r} is not a task id: give the number in the task's "
+                           "URL (.../tasks/ID)")
     options = Options(source=ns.source, out=ns.out, val_fraction=ns.val_fraction, seed=ns.seed, labels=ns.labels,
                       rename=ns.rename, empty_frames=ns.empty_frames, strict=ns.strict, shard_mb=ns.shard_mb,
                       work=ns.work, masks=_wants_masks(ns.masks, ns.model, ns.model_spec))
@@ -365,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not ns.source:
             from ..cvat_server import export_task
 
-            archive, options.reviewed_frames = export_task(int(ns.cvat_task_id), Path(download))
+            options.cvat_task_id = int(ns.cvat_task_id)
+            archive, options.reviewed_frames = export_task(options.cvat_task_id, Path(download))
             options.source = str(archive)
         summary = run(options)
     print_summary(summary, ns.out)
