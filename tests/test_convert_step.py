@@ -266,6 +266,17 @@ def test_dataset_without_labels_or_with_other_labels_is_named(tmp_path, capsys):
         convert.run(model, other, tmp_path / "out")
 
 
+def test_a_failed_tflite_export_process_fails_the_stage_with_its_error(tmp_path, capfd):
+    """The TFLite export runs in a child process: its error reaches the log and the stage fails."""
+    out = tmp_path / "out.partial"
+    out.mkdir()
+    export = convert.TFLiteExportProcess(tmp_path / "no-model", out, 0.05)
+    with pytest.raises(convert.ConvertError, match=f"TFLite export .* failed with exit code {convert.ConvertError.exit_code}"):
+        export.result()
+    assert f"error: {tmp_path / 'no-model'}: the model folder does not exist" in capfd.readouterr().err
+    assert not (out / serving.TFLITE_JSON).exists()
+
+
 def test_load_detector_names_what_is_missing(tmp_path):
     with pytest.raises(serving.ServingError, match="not a folder"):
         serving.load_detector(tmp_path / "nothing")
