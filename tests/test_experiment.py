@@ -34,11 +34,11 @@ from cvat_argo.training.experiment import (  # noqa: E402
     save_config,
 )
 from tiny_dataset import write_tiny_dataset  # noqa: E402
+from trained_model import SMALL_MASKS  # noqa: E402
 from trained_model import SMALL_RCNN_HEADS as SMALL_RCNN  # noqa: E402
 
 CATALOG = load_catalog(env={})
 MODELS = sorted(CATALOG.models)
-SMALL_MASKS = ("task.model.mask_sampler.num_sampled_masks=8", "task.model.mask_head={num_convs: 1, num_filters: 32}")
 EAGER = ("trainer.train_tf_function=false", "trainer.train_tf_while_loop=false", "trainer.eval_tf_function=false")
 
 
@@ -124,6 +124,11 @@ def test_epochs_are_real_passes_over_the_training_images(dataset, tmp_path):
     plan = plan_for(entry.name, data, tmp_path, Arguments(epochs=3, batch_size=10))
     assert (plan.epochs, plan.steps_per_epoch, plan.total_steps) == (3, 100, 300)
     assert plan.config.trainer.validation_interval == 100
+
+    small = with_counts(dataset, tmp_path / "small", train=160, val=20)
+    plan = plan_for(entry.name, small, tmp_path, Arguments(batch_size=8))
+    assert plan.steps_per_epoch == 20
+    assert plan.config.trainer.checkpoint_interval == 40  # whole epochs, at least 40 steps apart
 
     plan = plan_for(entry.name, data, tmp_path, eval_every_steps=100, checkpoint_every_steps=200)
     assert (plan.config.trainer.validation_interval, plan.config.trainer.checkpoint_interval) == (100, 200)

@@ -20,6 +20,7 @@ from cvat_argo.steps.train import latest_step
 from cvat_argo.store import minio_client
 from fixtures_servers import s3_server  # noqa: F401
 from tiny_dataset import LABELS, write_tiny_dataset
+from trained_model import SMALL_MASKS, SMALL_RCNN
 
 # 48 images / batch 4 = 12 steps per epoch; 5 epochs = 60 steps, a checkpoint every 6.
 ARGS = "epochs=5,batch_size=4,input_size=128"
@@ -136,3 +137,20 @@ def test_no_training_images_is_a_clear_error(tmp_path):
     assert result.returncode != 0
     assert "train" in result.stderr and str(empty) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_mask_rcnn_trains_and_evaluates_in_the_stage_loop(tmp_path):
+    """The stage traces Model Garden's step functions without AutoGraph (faster start). Mask R-CNN has
+    the most code in its steps (proposals, RoI sampling, mask targets), so one graph-mode train step
+    and one evaluation of it show that the tracing holds for the two-stage models too."""
+    from cvat_argo.steps import train
+
+    dataset = write_tiny_dataset(tmp_path / "dataset", train=2, val=2, with_masks=True)
+    summary = train.run(model="maskrcnn-res50-coco", model_spec="", args="epochs=1,batch_size=2,input_size=64",
+                        dataset=dataset, base_model=None, out=tmp_path / "model", overrides=(*SMALL_RCNN, *SMALL_MASKS),
+                        eval_every_steps=1, checkpoint_every_steps=1)
+    assert summary["final_step"] == 1
+    assert summary["history"][0]["loss"] > 0 and 0.0 <= summary["final"]["AP50"] <= 1.0
+    events = b"".join(path.read_bytes() for path in (tmp_path / "model" / "train").glob("events.out.tfevents.*"))
+    assert b"mask_loss" in events  # the step's summaries name the mask head's loss: masks were trained

@@ -39,6 +39,8 @@ SMALL_RCNN_HEADS = (
 )
 #: The converted tiny Faster R-CNN also gets a narrower FPN, so one step runs in seconds on a CPU.
 SMALL_RCNN = (*SMALL_RCNN_HEADS, "task.model.decoder.fpn.num_filters=32")
+#: And Mask R-CNN a small mask head.
+SMALL_MASKS = ("task.model.mask_sampler.num_sampled_masks=8", "task.model.mask_head={num_convs: 1, num_filters: 32}")
 
 
 @dataclass(frozen=True)

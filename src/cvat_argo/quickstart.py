@@ -18,8 +18,8 @@ from .synthetic import generate_task
 
 QUICKSTART_MODEL = "ssd-mobilenet-v2-small"
 #: 504 steps at batch 8 on the default 300 images (180 annotated, 162 of them for training). Measured
-#: on 2 CPU cores: validation AP50 0.93 (5.3 min in all); 441 steps ended at 0.89 (4.6 min), 1,050
-#: steps at 0.98 (9.2 min, before the batch-norm fix).
+#: on 2 CPU cores: validation AP50 0.93-0.95 (4.5 min in all); 441 steps ended at 0.89, 1,050 steps at
+#: 0.98 (9.2 min, before the batch-norm fix).
 QUICKSTART_EPOCHS = 24
 QUICKSTART_BATCH = 8
 
