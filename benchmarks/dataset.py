@@ -25,6 +25,7 @@ import textwrap
 import time
 import zipfile
 from pathlib import Path
+from statistics import median
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
@@ -78,24 +79,35 @@ def drop_page_cache_hint(folder: Path) -> None:
             path.read_bytes()
 
 
-def bench(folder: Path, images: int, with_datumaro: bool) -> dict:
-    drop_page_cache_hint(folder)
-    out = folder.parent / f"ours{images}"
+def ours(folder: Path, out: Path, images: int) -> tuple[float, float, float]:
+    """One run of the stage: wall seconds, peak MB, and the conversion seconds it records."""
     shutil.rmtree(out, ignore_errors=True)
-    ours_wall, ours_rss, _ = measured([sys.executable, "-m", "cvat_argo.steps.dataset", "--source", str(folder),
-                                       "--out", str(out)])
+    wall, rss, _ = measured([sys.executable, "-m", "cvat_argo.steps.dataset", "--source", str(folder),
+                             "--out", str(out)])
     summary = json.loads((out / "dataset.json").read_text())
     assert summary["images"]["train"] + summary["images"]["val"] == images, summary["images"]
-    raw_wall, _, raw_out = measured([sys.executable, "-c", RAW_READ, str(folder)])
-    raw_read = float(raw_out.split()[0])
-    row = {"images": images, "ours_process_s": ours_wall, "ours_conversion_s": summary["conversion_seconds"],
-           "ours_peak_mb": ours_rss, "raw_read_s": raw_read, "raw_process_s": raw_wall}
+    shutil.rmtree(out, ignore_errors=True)
+    return wall, rss, summary["conversion_seconds"]
+
+
+def bench(folder: Path, images: int, with_datumaro: bool, repeat: int) -> dict:
+    """Each contender ``repeat`` times; the median time (these machines are noisy) and the largest peak."""
+    drop_page_cache_hint(folder)
+    runs = [ours(folder, folder.parent / f"ours{images}", images) for _ in range(repeat)]
+    raw = [measured([sys.executable, "-c", RAW_READ, str(folder)]) for _ in range(repeat)]
+    row = {"images": images, "repeat": repeat, "ours_process_s": median(r[0] for r in runs),
+           "ours_conversion_s": median(r[2] for r in runs), "ours_peak_mb": max(r[1] for r in runs),
+           "raw_read_s": median(float(out.split()[0]) for _, _, out in raw),
+           "raw_process_s": median(wall for wall, _, _ in raw)}
     if with_datumaro:
         target = folder.parent / f"datumaro{images}"
+        dm = []
+        for _ in range(repeat):
+            shutil.rmtree(target, ignore_errors=True)
+            dm.append(measured([sys.executable, "-c", DATUMARO, str(folder), str(target)]))
         shutil.rmtree(target, ignore_errors=True)
-        dm_wall, dm_rss, _ = measured([sys.executable, "-c", DATUMARO, str(folder), str(target)])
-        row.update({"datumaro_process_s": dm_wall, "datumaro_peak_mb": dm_rss})
-    shutil.rmtree(out, ignore_errors=True)
+        row.update({"datumaro_process_s": median(wall for wall, _, _ in dm),
+                    "datumaro_peak_mb": max(rss for _, rss, _ in dm)})
     return row
 
 
@@ -123,7 +135,8 @@ def report(rows: list[dict], out_dir: Path) -> str:
     if len(rows) > 1:
         ratios.append(f"peak memory {rows[0]['ours_peak_mb']:.0f} MB at {rows[0]['images']} images, "
                       f"{rows[-1]['ours_peak_mb']:.0f} MB at {rows[-1]['images']}")
-    text = "\n".join(lines) + "\n\n" + "\n".join(f"- {r}" for r in ratios) + "\n"
+    text = (f"Median of {rows[0]['repeat']} runs each.\n\n" + "\n".join(lines) + "\n\n"
+            + "\n".join(f"- {r}" for r in ratios) + "\n")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dataset.md").write_text(f"# create-dataset benchmark\n\nMachine: {machine}; 640x480 JPEGs, "
@@ -138,6 +151,7 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=20000, help="second size for the memory check (0: skip)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "reports")
     parser.add_argument("--no-datumaro", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender; the median is reported")
     ns = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="cvat-argo-bench-") as tmp:
@@ -146,7 +160,7 @@ def main() -> int:
                 continue
             print(f"generating {images} images...", file=sys.stderr)
             folder = make_export(Path(tmp), images)
-            rows.append(bench(folder, images, datumaro))
+            rows.append(bench(folder, images, datumaro, ns.repeat))
             shutil.rmtree(folder)
     print(report(rows, ns.out))
     return 0

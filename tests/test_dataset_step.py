@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -254,6 +255,45 @@ def test_skips_are_listed_and_strict_refuses_them(tmp_path):
     with pytest.raises(DatasetError, match=r"image missing.jpg: file not found in the export \(--strict\)"):
         step.run(step.Options(source=str(root), out=tmp_path / "strict", strict=True))
     assert not (tmp_path / "strict").exists() and not (tmp_path / "strict.partial").exists()
+
+
+PLOT_LOG = "CVAT_ARGO_TEST_PLOT_LOG"
+
+
+def logged_plot(path: Path, summary: dict, box_sizes: list) -> None:
+    """Stands in for dataset_report.plot: appends what it was asked to draw (from the child or the stage)."""
+    with open(os.environ[PLOT_LOG], "a") as log:
+        log.write(json.dumps({"objects": summary["objects"], "boxes": len(box_sizes)}) + "\n")
+
+
+def test_the_plot_shows_what_was_written_when_an_image_fails_only_in_the_write_pass(tmp_path, monkeypatch):
+    """The plot is drawn from the plan while the records are written; an image whose header is fine but
+    whose pixels do not decode (a truncated BMP, converted in the write pass) makes the stage redraw it."""
+    bmp = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(bmp, format="BMP")
+    records_ = [ImageRecord(0, "ok.jpg", 64, 48, (_box("car", 1, 1, 30, 30),)),
+                ImageRecord(1, "ok2.jpg", 64, 48, (_box("person", 1, 1, 30, 30),)),
+                ImageRecord(2, "cut.bmp", 64, 48, (_box("car", 5, 5, 20, 20),))]
+    files = {"ok.jpg": _jpeg(), "ok2.jpg": _jpeg(), "cut.bmp": bmp.getvalue()[:2000]}
+    log = tmp_path / "plots.jsonl"
+    monkeypatch.setenv(PLOT_LOG, str(log))
+    monkeypatch.setattr(step, "plot", logged_plot)
+    summary = run(_export(tmp_path, records_, files), tmp_path / "ds")
+    assert {s["item"] for s in summary["skipped"]} == {"image cut.bmp"}
+    drawn = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(drawn) == 2  # from the plan, then again from what the write pass really wrote
+    assert drawn[0]["boxes"] == 3 and drawn[1]["boxes"] == 2
+    assert drawn[1]["objects"] == summary["objects"] != drawn[0]["objects"]
+
+
+def test_the_plot_is_drawn_once_when_the_write_pass_skips_nothing(task, tmp_path, monkeypatch):
+    log = tmp_path / "plots.jsonl"
+    monkeypatch.setenv(PLOT_LOG, str(log))
+    monkeypatch.setattr(step, "plot", logged_plot)
+    summary = run(task.export, tmp_path / "ds")
+    drawn = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(drawn) == 1 and drawn[0]["objects"] == summary["objects"]
+    assert drawn[0]["boxes"] == summary["boxes"]["count"]
 
 
 def test_empty_frames_as_negatives_and_label_selection(task, tmp_path):

@@ -13,30 +13,28 @@ The pipeline is declared once (:mod:`cvat_argo.pipeline`) and runs on Argo Workf
 
 __version__ = "0.1.0"
 
-from .catalog import Catalog, load_catalog
+from importlib import import_module
+
 from .errors import ArgumentError, CatalogError, CvatArgoError, RequestError, SubmitError
-from .spec import Arguments, DatasetSource, TrainingRequest
+
+#: Public names and the modules that define them, imported on first use: the steps import this
+#: package too, and pydantic, YAML and Hera would add a fifth of a second to every stage's start.
+_LAZY = {
+    "Catalog": "catalog", "load_catalog": "catalog",
+    "Arguments": "spec", "DatasetSource": "spec", "TrainingRequest": "spec",
+    "build_workflow": "argo", "build_workflow_template": "argo",
+    "submit": "submission", "Submission": "submission", "ArgoConnection": "submission",
+    "run_locally": "local",
+    "build_pipeline": "pipeline",
+    "to_yaml": "yamlio",
+}
 
 
 def __getattr__(name: str):
-    """Argo-side helpers import Hera; load them on first use so `import cvat_argo` stays light."""
-    if name in ("build_workflow", "build_workflow_template"):
-        from . import argo
-
-        return getattr(argo, name)
-    if name in ("submit", "Submission", "ArgoConnection"):
-        from . import submission
-
-        return getattr(submission, name)
-    if name == "run_locally":
-        from .local import run_locally
-
-        return run_locally
-    if name == "build_pipeline":
-        from .pipeline import build_pipeline
-
-        return build_pipeline
-    raise AttributeError(f"module 'cvat_argo' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cvat_argo' has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)
 
 
 __all__ = [

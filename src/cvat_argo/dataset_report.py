@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from matplotlib.ticker import ScalarFormatter
-
-from .plots import new_figure, save_figure
-
 
 def plot(path: Path, summary: dict[str, Any], box_sizes: list[tuple[float, float]]) -> None:
+    """Objects per label and split (``summary``'s "labels" and "objects"), and every box's size."""
+    from matplotlib.ticker import ScalarFormatter
+
+    from .plots import new_figure, save_figure
+
     labels = summary["labels"]
     figure, (counts_axis, sizes_axis) = new_figure(ncols=2, width=11, height=4)
     offsets = {"train": -0.2, "val": 0.2}
@@ -33,8 +34,8 @@ def plot(path: Path, summary: dict[str, Any], box_sizes: list[tuple[float, float
     save_figure(figure, path)
 
 
-def write_report(out: Path, summary: dict[str, Any], box_sizes: list[tuple[float, float]]) -> None:
-    plot(out / "dataset.png", summary, box_sizes)
+def write_report(out: Path, summary: dict[str, Any]) -> None:
+    """``report.md``, which shows ``dataset.png`` (drawn by :func:`plot`)."""
     images = summary["images"]
     lines = [
         "# Dataset",

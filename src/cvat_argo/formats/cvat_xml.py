@@ -24,7 +24,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Literal
-from xml.sax.saxutils import XMLGenerator
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser, iterparse
@@ -588,6 +587,8 @@ class _XmlOut:
     """An indented XML stream: elements are written as they come, nothing is held."""
 
     def __init__(self, stream: IO[str]):
+        from xml.sax.saxutils import XMLGenerator  # here: it imports urllib.request, 20 ms a reader never needs
+
         self._xml = XMLGenerator(stream, "utf-8", short_empty_elements=True)
         self._depth = 0
         self._at_start = True  # the root follows the XML declaration's own newline

@@ -17,6 +17,7 @@ Model Garden's ``TfExampleDecoder``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import operator
@@ -120,32 +121,52 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | _LEN) + _varint(len(payload)) + payload
 
 
-def _encode_feature(value: Feature) -> bytes:
+def _header(number: int, size: int) -> bytes:
+    """The tag and length of a length-delimited field whose ``size``-byte payload follows separately."""
+    return _varint(number << 3 | _LEN) + _varint(size)
+
+
+def _feature_parts(value: Feature) -> list[bytes]:
+    """A ``Feature`` message as pieces to join once: a multi-MB image is copied only by that join."""
     if isinstance(value, BytesList):
-        inner = b"".join(_field(1, item) for item in value.values)
+        inner: list[bytes] = []
+        for item in value.values:
+            inner += (_header(1, len(item)), item)
     elif isinstance(value, FloatList):
         try:
             packed = struct.pack(f"<{len(value.values)}f", *value.values)
         except OverflowError:
             raise ValueError(f"FloatList value out of float32 range: {value.values!r:.80}") from None
-        inner = _field(1, packed) if packed else b""  # proto3 leaves an empty packed field out
+        inner = [_field(1, packed)] if packed else []  # proto3 leaves an empty packed field out
     elif isinstance(value, Int64List):
         packed = b"".join(_varint(item) for item in value.values)
-        inner = _field(1, packed) if packed else b""
+        inner = [_field(1, packed)] if packed else []
     else:
         raise TypeError(f"feature value must be BytesList, FloatList or Int64List, got {type(value).__name__}")
-    return _field(_FEATURE_FIELDS[type(value)], inner)
+    return [_header(_FEATURE_FIELDS[type(value)], sum(map(len, inner))), *inner]
+
+
+def _encode_feature(value: Feature) -> bytes:
+    return b"".join(_feature_parts(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _key_field(key: str) -> bytes:
+    """The map entry's key field; the same dozen keys recur in every record."""
+    return _field(1, key.encode("utf-8"))
 
 
 def encode_example(features: Mapping[str, Feature]) -> bytes:
     """Serialize a ``tf.train.Example``; keys are written sorted, so equal inputs give equal bytes."""
-    entries = []
+    parts: list[bytes] = []
     for key in sorted(features):
         if not isinstance(key, str):
             raise TypeError(f"feature keys must be str, got {type(key).__name__} {key!r}")
-        entry = _field(1, key.encode("utf-8")) + _field(2, _encode_feature(features[key]))
-        entries.append(_field(1, entry))
-    return _field(1, b"".join(entries))
+        key_field, value = _key_field(key), _feature_parts(features[key])
+        value_size = sum(map(len, value))
+        value_header = _header(2, value_size)
+        parts += (_header(1, len(key_field) + len(value_header) + value_size), key_field, value_header, *value)
+    return b"".join([_header(1, sum(map(len, parts))), *parts])
 
 
 class _Reader:

@@ -27,13 +27,13 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from ..dataset_report import write_report
+from ..dataset_report import plot, write_report
 from ..dataset_source import Export, open_export
 from ..errors import DatasetError
+from ..forked_plot import ForkedPlotter
 from ..formats.annotations import ImageRecord
 from ..formats.geometry import box_area, clip_box
 from ..formats.label_map import write_label_map, write_labels_json
-from ..formats.masks import instance_mask
 from ..formats.tfrecord import ShardedWriter, detection_example, encode_mask_png, plan_shards
 from ..imagefiles import ImageProblem, displayed_size, prepare_image, probe_file
 from ..labels import LabelMapping
@@ -71,6 +71,7 @@ class Plan:
     """What pass 1 decided: per annotated image its class ids and file, and what to pre-annotate."""
 
     labels_by_frame: dict[int, frozenset[int]] = field(default_factory=dict)
+    boxes_by_frame: dict[int, tuple[tuple[int, float, float], ...]] = field(default_factory=dict)  # id, w, h
     files: dict[int, Path] = field(default_factory=dict)
     unannotated: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -142,6 +143,8 @@ def plan(export: Export, mapping: LabelMapping, options: Options, skips: Skips) 
             continue
         kept = _kept_boxes(record, mapping, result.dropped)
         result.labels_by_frame[record.frame] = frozenset(class_id for class_id, _, _ in kept)
+        result.boxes_by_frame[record.frame] = tuple((class_id, box[2] - box[0], box[3] - box[1])
+                                                    for class_id, box, _ in kept)
         result.files[record.frame] = path
     for label, count in unknown.items():
         skips.add(f"label {label}", f"{count} shape(s) with a label the task does not define: dropped")
@@ -195,6 +198,8 @@ def write(export: Export, mapping: LabelMapping, the_plan: Plan, val: set[int], 
             source_id += 1
             masks = areas = None
             if options.masks:
+                from ..formats.masks import instance_mask  # NumPy: 50 ms of start-up only Mask R-CNN needs
+
                 arrays = [instance_mask(shape, box, record.width, record.height) for _, box, shape in kept]
                 masks = [encode_mask_png(memoryview(a), record.width, record.height) for a in arrays]
                 areas = [float(a.sum()) for a in arrays]
@@ -220,6 +225,20 @@ def write(export: Export, mapping: LabelMapping, the_plan: Plan, val: set[int], 
                       for info in writer.close()] for split, writer in writers.items()}
     return {"images": dict(images), "objects": {s: dict(c) for s, c in counts.items()}, "shards": shards,
             "box_sizes": box_sizes, "converted": dict(converted)}
+
+
+def expected_objects(the_plan: Plan, val: set[int], mapping: LabelMapping
+                     ) -> tuple[dict[str, dict[str, int]], list[tuple[float, float]]]:
+    """Objects per split and label, and box sizes, as the write pass will count them if no image fails
+    there (the plan already checked every header): what the plot can be drawn from while it runs."""
+    counts = {"train": Counter(), "val": Counter()}
+    sizes = []
+    for frame, boxes in the_plan.boxes_by_frame.items():
+        split = counts["val" if frame in val else "train"]
+        for class_id, width, height in boxes:
+            split[mapping.name_of(class_id)] += 1
+            sizes.append((width, height))
+    return {name: dict(counter) for name, counter in counts.items()}, sizes
 
 
 def copy_unannotated(the_plan: Plan, out: Path) -> list[dict[str, Any]]:
@@ -275,6 +294,14 @@ def warnings_for(objects: dict[str, dict[str, int]], names: Sequence[str]) -> li
 
 def _build(options: Options, partial: Path) -> dict[str, Any]:
     """Everything run() writes, into ``partial``; the caller removes it on failure."""
+    plotter = ForkedPlotter()  # imports matplotlib on the other core while this process converts
+    try:
+        return _convert_and_report(options, partial, plotter)
+    finally:
+        plotter.cancel()
+
+
+def _convert_and_report(options: Options, partial: Path, plotter: ForkedPlotter) -> dict[str, Any]:
     skips = Skips(options.strict)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cvat-argo-dataset-", dir=options.work) as work:
@@ -282,6 +309,9 @@ def _build(options: Options, partial: Path) -> dict[str, Any]:
         mapping = LabelMapping(export.reader.meta.label_names, options.labels, options.rename)
         the_plan = plan(export, mapping, options, skips)
         val = split_frames(the_plan.labels_by_frame, options.val_fraction, options.seed)
+        expected, expected_sizes = expected_objects(the_plan, val, mapping)
+        plotter.send(plot, partial / "dataset.png", {"labels": list(mapping.names), "objects": expected},
+                     expected_sizes)  # drawn on the other core while this one writes the records
         written = write(export, mapping, the_plan, val, partial, options, skips)
         unannotated = copy_unannotated(the_plan, partial)
     conversion_seconds = time.perf_counter() - started
@@ -312,7 +342,10 @@ def _build(options: Options, partial: Path) -> dict[str, Any]:
     if summary["images"]["train"] == 0:
         raise DatasetError(f"no usable training image in {options.described}: see the skipped images")
     (partial / "dataset.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    write_report(partial, summary, written["box_sizes"])
+    plotter.wait()
+    if written["objects"] != expected:  # an image failed in the write pass: the plot must show what was written
+        plot(partial / "dataset.png", summary, written["box_sizes"])
+    write_report(partial, summary)
     return summary
 
 
