@@ -121,9 +121,12 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | _LEN) + _varint(len(payload)) + payload
 
 
+_LEN_TAGS = {number: _varint(number << 3 | _LEN) for number in (1, 2, 3)}  # every field an Example uses
+
+
 def _header(number: int, size: int) -> bytes:
     """The tag and length of a length-delimited field whose ``size``-byte payload follows separately."""
-    return _varint(number << 3 | _LEN) + _varint(size)
+    return _LEN_TAGS[number] + (_ONE_BYTE_VARINTS[size] if size < 0x80 else _varint(size))
 
 
 def _feature_parts(value: Feature) -> list[bytes]:
@@ -139,7 +142,9 @@ def _feature_parts(value: Feature) -> list[bytes]:
             raise ValueError(f"FloatList value out of float32 range: {value.values!r:.80}") from None
         inner = [_field(1, packed)] if packed else []  # proto3 leaves an empty packed field out
     elif isinstance(value, Int64List):
-        packed = b"".join(_varint(item) for item in value.values)
+        values = value.values
+        small = all(0 <= item < 0x80 for item in values)  # labels, flags, sizes < 128: one byte each
+        packed = bytes(values) if small else b"".join(_varint(item) for item in values)
         inner = [_field(1, packed)] if packed else []
     else:
         raise TypeError(f"feature value must be BytesList, FloatList or Int64List, got {type(value).__name__}")
