@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import CvatArgoError
 from .formats.annotations import ImageRecord, LabelSpec, Shape
+from .markdown import capped_section
 from .suggest import unknown_name_message
 
 DEFAULT_THRESHOLD = 0.5
@@ -331,10 +332,8 @@ def write_report(out: Path, summary: Mapping[str, Any]) -> None:
                      "shapes were already there from an earlier run.")
     elif summary.get("upload_note"):
         lines += ["", f"CVAT: {summary['upload_note']}"]
-    if summary["skipped"]:
-        lines += ["", "## Skipped images", ""] + [f"- {s['name']}: {s['reason']}" for s in summary["skipped"][:50]]
-        if len(summary["skipped"]) > 50:
-            lines.append(f"- ... and {len(summary['skipped']) - 50} more (all in summary.json)")
+    lines += capped_section("Skipped images", [f"{s['name']}: {s['reason']}" for s in summary["skipped"]],
+                            "summary.json")
     lines += ["", "![score histogram](scores.png)", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 

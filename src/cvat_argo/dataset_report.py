@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .markdown import capped_section
+
 
 def plot(path: Path, summary: dict[str, Any], box_sizes: list[tuple[float, float]]) -> None:
     """Objects per label and split (``summary``'s "labels" and "objects"), and every box's size."""
@@ -61,9 +63,6 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
         lines += ["", "Dropped shapes: " + ", ".join(f"{v} ({k})" for k, v in summary["dropped_shapes"].items()) + "."]
     if summary["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
-    if summary["skipped"]:
-        lines += ["", "## Skipped", ""] + [f"- {s['item']}: {s['reason']}" for s in summary["skipped"][:50]]
-        if len(summary["skipped"]) > 50:
-            lines.append(f"- ... and {len(summary['skipped']) - 50} more (all in dataset.json)")
+    lines += capped_section("Skipped", [f"{s['item']}: {s['reason']}" for s in summary["skipped"]], "dataset.json")
     lines += ["", "![labels and box sizes](dataset.png)", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
