@@ -13,7 +13,9 @@ checks it). The endpoints:
   an ``rq_id``), ``GET /api/requests/{rq_id}`` (``started`` for ``FakeTask.pending_polls`` polls, then
   ``finished`` with a ``result_url``, or ``failed`` when the task has no ``export_zip``) and that
   URL (the zip, as an attachment);
-* the jobs: ``GET /api/jobs?task_id=&page=``, ``FakeTask.page_size`` jobs a page, as ``JobRead``.
+* the jobs: ``GET /api/jobs?task_id=&page=``, ``FakeTask.page_size`` jobs a page, as ``JobRead``, and
+  ``GET /api/jobs/{id}/data/meta`` (``DataMetaRead``: the job's ``included_frames`` when ``job()`` was
+  given them, else null as for a plain range; the task's ``deleted_frames`` within the job).
 
 Any other path, or another task's id, is a 404 like CVAT's.
 """
@@ -36,6 +38,7 @@ SESSION, CSRF = "fake-session-id", "fake-csrf-token"
 DATE = "2024-05-02T09:30:00.000000Z"
 # A few of the names CVAT 2.x lists in /api/server/annotation/formats; it refuses any other with a 400.
 EXPORT_FORMATS = ("CVAT for images 1.1", "CVAT for video 1.1", "COCO 1.0", "Datumaro 1.0", "YOLO 1.1")
+JOB_FRAMES = "_included_frames"  # the key of a job dict's included frames: not a JobRead field
 
 
 @dataclass
@@ -84,19 +87,39 @@ def task_read(task: FakeTask, host: str) -> dict[str, Any]:
 
 
 def job(id_: int, start_frame: int, stop_frame: int, *, stage: str = "annotation", state: str = "new",
-        type_: str = "annotation", task_id: int = 7, host: str = "http://localhost:8080") -> dict[str, Any]:
+        type_: str = "annotation", task_id: int = 7, host: str = "http://localhost:8080",
+        included_frames: list[int] | None = None) -> dict[str, Any]:
     """A job as ``/api/jobs`` lists it (JobRead); ``stage``: annotation, validation or acceptance;
-    ``state``: new, in progress, rejected or completed; ``type_``: annotation or ground_truth."""
-    return {
+    ``state``: new, in progress, rejected or completed; ``type_``: annotation or ground_truth.
+    ``included_frames``: the frames of start..stop the job holds (CVAT's specific-frames segment), kept
+    under ``JOB_FRAMES`` for its data meta and left out of the JobRead the server sends."""
+    frames = {JOB_FRAMES: sorted(included_frames)} if included_frames is not None else {}
+    return {**frames,
         "url": f"{host}/api/jobs/{id_}", "id": id_, "task_id": task_id, "project_id": None, "assignee": None,
         "guide_id": None, "dimension": "2d", "bug_tracker": None, "status": stage, "stage": stage, "state": state,
-        "mode": "annotation", "frame_count": stop_frame - start_frame + 1, "start_frame": start_frame,
+        "mode": "annotation", "start_frame": start_frame,
+        "frame_count": stop_frame - start_frame + 1 if included_frames is None else len(included_frames),
         "stop_frame": stop_frame, "data_chunk_size": 72, "data_compressed_chunk_type": "imageset",
         "data_original_chunk_type": "imageset", "created_date": DATE, "updated_date": DATE,
         "issues": {"url": f"{host}/api/issues?job_id={id_}", "count": 0},
         "labels": {"url": f"{host}/api/labels?job_id={id_}"}, "type": type_, "organization": None,
         "target_storage": None, "source_storage": None, "assignee_updated_date": None, "parent_job_id": None,
     }
+
+
+def job_meta(task: FakeTask, job_: dict[str, Any]) -> dict[str, Any]:
+    """``GET /api/jobs/{id}/data/meta`` as CVAT 2.x answers it for an image task without a frame filter
+    (data frame numbers are then task frame numbers): the images of start..stop, a placeholder for each
+    one the job does not hold."""
+    start, stop, included = job_["start_frame"], job_["stop_frame"], job_.get(JOB_FRAMES)
+    held = range(start, stop + 1) if included is None else set(included)
+    frames = [{"width": f.get("width", 0), "height": f.get("height", 0), "related_files": 0,
+               "name": f["name"] if n in held else "placeholder.jpg"}
+              for n, f in enumerate(task.frames) if start <= n <= stop]
+    return {"chunks_updated_date": DATE, "chunk_size": 72, "size": len(held), "image_quality": 70,
+            "start_frame": start, "stop_frame": stop, "frame_filter": "", "frames": frames,
+            "deleted_frames": sorted(set(task.deleted_frames).intersection(held)), "included_frames": included,
+            "chapters": None, "storage": "local", "cloud_storage_id": None}
 
 
 def _user(host: str) -> dict[str, Any]:
@@ -175,6 +198,9 @@ def _handler(task: FakeTask):
                     "Content-Disposition": f'attachment; filename="task_{task.id}_dataset.zip"'})
             if method == "GET" and url.path == "/api/jobs" and query.get("task_id") == [str(task.id)]:
                 return self._jobs(int(query.get("page", ["1"])[0]), host, url.path, query)
+            jobs = {f"/api/jobs/{j['id']}/data/meta": j for j in task.jobs}
+            if method == "GET" and url.path in jobs:
+                return self._answer(200, job_meta(task, jobs[url.path]))
             return self._answer(404, {"detail": "Not found."})
 
         def _refusal(self, method: str) -> tuple[int, dict[str, str]] | None:
@@ -234,7 +260,8 @@ def _handler(task: FakeTask):
                 "count": len(task.jobs),
                 "next": link(page + 1) if start + task.page_size < len(task.jobs) else None,
                 "previous": link(page - 1) if page > 1 else None,
-                "results": task.jobs[start:start + task.page_size]})
+                "results": [{k: v for k, v in j.items() if k != JOB_FRAMES}
+                            for j in task.jobs[start:start + task.page_size]]})
 
         def do_GET(self) -> None:
             self._route("GET")

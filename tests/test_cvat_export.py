@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cvat_argo.cvat_server import connect, reviewed_frames
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
 from cvat_argo.formats.cvat_xml import write_cvat_xml
 from cvat_argo.formats.tfrecord import decode_example, read_records
@@ -52,9 +53,10 @@ def _jpeg(frame: int) -> bytes:
     return buffer.getvalue()
 
 
-def export_zip(tmp_path: Path) -> bytes:
+def export_zip(tmp_path: Path, shapes_by_frame: dict[int, tuple[Shape, ...]] = SHAPES) -> bytes:
     """The zip CVAT produces for this task: annotations.xml and images/."""
-    records = [ImageRecord(frame, f"frame_{frame:06d}.jpg", WIDTH, HEIGHT, shapes) for frame, shapes in SHAPES.items()]
+    records = [ImageRecord(frame, f"frame_{frame:06d}.jpg", WIDTH, HEIGHT, shapes)
+               for frame, shapes in shapes_by_frame.items()]
     meta = TaskMeta(labels=tuple(LabelSpec(n, "#ff0000", "rectangle") for n in LABELS), name="street", size=len(records))
     write_cvat_xml(tmp_path / "annotations.xml", meta, records)
     buffer = io.BytesIO()
@@ -265,3 +267,68 @@ def test_a_task_id_that_is_not_a_number_is_refused_before_any_request(tmp_path, 
     assert "--cvat-task-id 'tasks/7' is not a task id" in capsys.readouterr().err
     assert task.requests == []
     _assert_nothing_left(tmp_path, work)
+
+
+def test_a_job_of_chosen_frames_reviews_only_those(tmp_path, work, polls, monkeypatch):
+    # CVAT 2.x jobs of chosen frames: job 21 spans 0..4 but holds 0, 2 and 4; 1 and 3 are job 22's
+    shapes = {0: (_box("car", 4, 4, 30, 20),), 1: (_box("person", 10, 5, 20, 40),), 2: (), 3: (),
+              4: (_box("car", 30, 10, 60, 30),)}
+    jobs = [job(21, 0, 4, stage="acceptance", state="completed", included_frames=[0, 2, 4]),
+            job(22, 1, 3, stage="annotation", state="in progress", included_frames=[1, 3])]
+    task = fake_task(tmp_path, jobs=jobs, export_zip=export_zip(tmp_path, shapes))
+    task.frames = task.frames[:5]
+    with cvat_server(task) as env:
+        use(monkeypatch, env["CVAT_HOST"], CVAT_ACCESS_TOKEN=env["CVAT_ACCESS_TOKEN"])
+        assert step.main(args(tmp_path / "ds", work)) == 0
+    out = tmp_path / "ds"
+
+    paths = [path.split("?")[0] for _, path, _ in task.requests]
+    assert [p for p in paths if p.endswith("/data/meta")] == ["/api/jobs/21/data/meta"]  # reviewed jobs only
+    assert paths.index("/api/jobs/21/data/meta") < paths.index("/api/tasks/7/dataset/export")
+    boxes = {example["image/filename"].values[0].decode(): len(example["image/object/bbox/xmin"].values)
+             for split in ("train", "val") for example in records(out, split)}
+    # frame 2 (job 21 holds it) is a negative; frame 3, in job 21's range but job 22's, waits
+    assert boxes == {"frame_000000.jpg": 1, "frame_000001.jpg": 1, "frame_000002.jpg": 0, "frame_000004.jpg": 1}
+    unannotated = json.loads((out / "unannotated.json").read_text())
+    assert [image["frame"] for image in unannotated["images"]] == [3]
+
+
+def test_reviewed_frames_follow_each_jobs_meta():
+    from types import SimpleNamespace
+
+    def job_(id_, start, stop, state="new", stage="annotation", type_="annotation"):
+        return SimpleNamespace(id=id_, type=type_, state=state, stage=stage, start_frame=start, stop_frame=stop)
+
+    metas = {
+        1: {"included_frames": [0, 2, 4], "deleted_frames": [2], "start_frame": 0, "frame_filter": ""},
+        2: {"included_frames": None, "deleted_frames": [6], "start_frame": 5, "frame_filter": ""},
+        3: {"deleted_frames": []},  # an older server: no included_frames at all
+        # frame filter step=2 from data frame 3: task frames 13..16 are data frames 29..35, 33 is frame 15
+        5: {"included_frames": [29, 33], "deleted_frames": [], "start_frame": 29, "frame_filter": "step=2"},
+        6: {"included_frames": [], "deleted_frames": []},
+    }
+    jobs = [job_(1, 0, 4, state="completed"), job_(2, 5, 7, stage="validation"), job_(3, 8, 9, stage="acceptance"),
+            job_(4, 10, 12, state="in progress"), job_(5, 13, 16, state="completed"),
+            job_(6, 17, 18, state="completed"), job_(7, 0, 18, state="completed", type_="ground_truth")]
+    asked: list[int] = []
+
+    def meta(job):
+        asked.append(job.id)
+        return metas[job.id]
+
+    assert reviewed_frames(jobs, meta) == {0, 4, 5, 7, 8, 9, 13, 15}
+    assert asked == [1, 2, 3, 5, 6]  # once per reviewed annotation job, never for the others
+    assert reviewed_frames(jobs) == {*range(10), *range(13, 19)}  # without metas: the whole ranges
+
+
+def test_fake_job_meta_parses_as_the_sdk_model(tmp_path):
+    task = fake_task(tmp_path, jobs=[job(21, 0, 4, state="completed", included_frames=[4, 0, 2]),
+                                     job(22, 5, 7, state="completed")], deleted_frames=[2, 6])
+    with cvat_server(task) as env:
+        api = connect(env).api_client.jobs_api
+        chosen, _ = api.retrieve_data_meta(21)
+        plain, _ = api.retrieve_data_meta(22)
+    assert chosen.included_frames == [0, 2, 4] and chosen.deleted_frames == [2] and chosen.size == 3
+    assert [f.name for f in chosen.frames] == ["frame_000000.jpg", "placeholder.jpg", "frame_000002.jpg",
+                                               "placeholder.jpg", "frame_000004.jpg"]
+    assert plain.get("included_frames") is None and plain.deleted_frames == [6] and plain.size == 3

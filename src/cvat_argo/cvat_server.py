@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +70,39 @@ def readable_error(exc: Exception, host: str, what: str) -> CvatArgoError:
     return CvatArgoError(f"CVAT at {host}: {what} failed with HTTP {status}")
 
 
-def reviewed_frames(jobs: Iterable[Any]) -> set[int]:
-    """Frames of annotation jobs that are completed or in validation/acceptance."""
+def reviewed_frames(jobs: Iterable[Any], job_meta: Callable[[Any], Mapping[str, Any]] | None = None) -> set[int]:
+    """Task frames of the annotation jobs that are completed or in validation/acceptance.
+
+    A job holds its start..stop range unless its data meta (``job_meta(job)``, ``GET
+    /api/jobs/{id}/data/meta``, read for reviewed jobs only) lists ``included_frames``: a job of chosen
+    frames, whose range also spans frames of other jobs or of the validation pool that nobody reviewed
+    in it. Counting those would train their unseen objects as background. The meta's
+    ``deleted_frames`` are left out too. Without ``job_meta``, every job holds its whole range.
+    """
     frames: set[int] = set()
     for job in jobs:
         if getattr(job, "type", "annotation") not in (None, "annotation"):
             continue
-        if str(job.state) == "completed" or str(job.stage) in REVIEWED_STAGES:
-            frames.update(range(int(job.start_frame), int(job.stop_frame) + 1))
+        if str(job.state) != "completed" and str(job.stage) not in REVIEWED_STAGES:
+            continue
+        meta = job_meta(job) if job_meta else {}
+        start, stop = int(job.start_frame), int(job.stop_frame)
+        held: Iterable[int] = range(start, stop + 1)
+        if meta.get("included_frames") is not None:
+            # data frame numbers: the meta's start_frame is the job's first, the task's frame filter the step
+            step = re.search(r"step\s*=\s*(\d+)", meta.get("frame_filter") or "")
+            every = int(step[1]) if step else 1
+            first = int(meta.get("start_frame", start))
+            held = {start + (int(f) - first) // every for f in meta["included_frames"]}.intersection(held)
+        frames.update(set(held).difference(meta.get("deleted_frames") or ()))
     return frames
+
+
+def _job_meta(job: Any) -> dict[str, Any]:
+    """The job's data meta, read leniently: the SDK's strict model needs ``chunks_updated_date``, which older
+    CVAT servers do not send."""
+    _, response = job.api.retrieve_data_meta(job.id, _parse_response=False)
+    return json.loads(response.data)
 
 
 def export_task(task_id: int, dest: Path, env: Mapping[str, str] | None = None) -> tuple[Path, set[int]]:
@@ -90,7 +116,7 @@ def export_task(task_id: int, dest: Path, env: Mapping[str, str] | None = None) 
     host = client.api_map.host if hasattr(client, "api_map") else "CVAT"
     try:
         task = client.tasks.retrieve(task_id)
-        reviewed = reviewed_frames(task.get_jobs())
+        reviewed = reviewed_frames(task.get_jobs(), _job_meta)
         dest.mkdir(parents=True, exist_ok=True)
         archive = dest / f"task-{task_id}.zip"
         task.export_dataset(EXPORT_FORMAT, archive, include_images=True)
