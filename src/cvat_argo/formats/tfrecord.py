@@ -151,10 +151,6 @@ def _feature_parts(value: Feature) -> list[bytes]:
     return [_header(_FEATURE_FIELDS[type(value)], sum(map(len, inner))), *inner]
 
 
-def _encode_feature(value: Feature) -> bytes:
-    return b"".join(_feature_parts(value))
-
-
 @functools.lru_cache(maxsize=256)
 def _key_field(key: str) -> bytes:
     """The map entry's key field; the same dozen keys recur in every record."""

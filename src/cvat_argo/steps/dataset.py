@@ -70,15 +70,20 @@ class Options:
 
 @dataclass
 class Plan:
-    """What pass 1 decided: per annotated image its class ids and file, and what to pre-annotate."""
+    """What pass 1 decided: per annotated image its boxes (class id, width, height) and file, and what to
+    pre-annotate."""
 
-    labels_by_frame: dict[int, frozenset[int]] = field(default_factory=dict)
-    boxes_by_frame: dict[int, tuple[tuple[int, float, float], ...]] = field(default_factory=dict)  # id, w, h
+    boxes_by_frame: dict[int, tuple[tuple[int, float, float], ...]] = field(default_factory=dict)
     files: dict[int, Path] = field(default_factory=dict)
     unannotated: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
     tags: Counter = field(default_factory=Counter)
+
+    @property
+    def labels_by_frame(self) -> dict[int, frozenset[int]]:
+        """Per annotated image the class ids in it (empty for a negative): what the split stratifies by."""
+        return {frame: frozenset(class_id for class_id, _, _ in boxes) for frame, boxes in self.boxes_by_frame.items()}
 
 
 class RecordSpill:
@@ -168,14 +173,13 @@ def plan(export: Export, mapping: LabelMapping, options: Options, skips: Skips, 
             skips.add(f"image {record.name}", problem)
             continue
         kept = _kept_boxes(record, mapping, result.dropped)
-        result.labels_by_frame[record.frame] = frozenset(class_id for class_id, _, _ in kept)
         result.boxes_by_frame[record.frame] = tuple((class_id, box[2] - box[0], box[3] - box[1])
                                                     for class_id, box, _ in kept)
         result.files[record.frame] = path
         spill.add(record)
     for label, count in unknown.items():
         skips.add(f"label {label}", f"{count} shape(s) with a label the task does not define: dropped")
-    if not result.labels_by_frame:
+    if not result.boxes_by_frame:
         raise DatasetError(
             f"no annotated image in {options.described}: annotate some images in CVAT first (an image with at least "
             "one shape counts as annotated)"
@@ -185,7 +189,7 @@ def plan(export: Export, mapping: LabelMapping, options: Options, skips: Skips, 
 
 def write(spill: RecordSpill, mapping: LabelMapping, the_plan: Plan, val: set[int], out: Path, options: Options,
           skips: Skips) -> dict[str, Any]:
-    splits = {"train": [f for f in the_plan.labels_by_frame if f not in val], "val": sorted(val)}
+    splits = {"train": [f for f in the_plan.boxes_by_frame if f not in val], "val": sorted(val)}
     target = int(options.shard_mb * 2**20)
     sizes = {frame: the_plan.files[frame].stat().st_size for frame in the_plan.files}
     writers, shard_of = {}, {}
