@@ -98,11 +98,15 @@ def reviewed_frames(jobs: Iterable[Any], job_meta: Callable[[Any], Mapping[str, 
     return frames
 
 
+def lenient_json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """An SDK endpoint's answer as plain JSON. The SDK's strict models refuse answers of servers older
+    than it (e.g. a job's data meta without ``chunks_updated_date``), while the fields used here are old."""
+    _, response = call(*args, _parse_response=False, **kwargs)
+    return json.loads(response.data or b"{}")
+
+
 def _job_meta(job: Any) -> dict[str, Any]:
-    """The job's data meta, read leniently: the SDK's strict model needs ``chunks_updated_date``, which older
-    CVAT servers do not send."""
-    _, response = job.api.retrieve_data_meta(job.id, _parse_response=False)
-    return json.loads(response.data)
+    return lenient_json(job.api.retrieve_data_meta, job.id)
 
 
 def export_task(task_id: int, dest: Path, env: Mapping[str, str] | None = None) -> tuple[Path, set[int]]:

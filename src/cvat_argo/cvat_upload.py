@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cvat_server import readable_error
+from .cvat_server import lenient_json, readable_error
 from .errors import DatasetError
 from .formats.annotations import ImageRecord, LabelSpec, Shape
 
@@ -228,10 +228,11 @@ class CvatTask:
 
     def _get(self, what: str, call, *args, **kwargs) -> Any:
         try:
-            _, response = call(*args, _parse_response=False, **kwargs)
+            return lenient_json(call, *args, **kwargs)
+        except json.JSONDecodeError:
+            raise  # an answer that is not JSON is no request failure
         except Exception as exc:
             raise readable_error(exc, self.host, what) from None
-        return json.loads(response.data or b"{}")
 
     def labels(self) -> dict[str, TaskLabel]:
         results, page = [], 1
