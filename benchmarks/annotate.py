@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "src"))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cvat_argo.synthetic import generate_task  # noqa: E402
+from cvat_argo.data.synthetic import generate_task  # noqa: E402
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
@@ -110,7 +110,7 @@ def subset(dataset: Path, count: int, work: Path) -> Path:
 
 def model_only(model_dir: Path, dataset: Path, runtime: str) -> float:
     """The model alone on inputs decoded and prepared beforehand: the other bound of the stage."""
-    from cvat_argo.serving import load_detector
+    from cvat_argo.inference.serving import load_detector
     from cvat_argo.steps.annotate import decode, model_input_size, read_unannotated
 
     detector = load_detector(model_dir, runtime=runtime)
@@ -126,7 +126,7 @@ def model_only(model_dir: Path, dataset: Path, runtime: str) -> float:
 
 def one_at_a_time(model_dir: Path, dataset: Path, runtime: str = "saved_model") -> float:
     """Batch 1, full decode first, nothing overlapped: what a nuclio function does per request."""
-    from cvat_argo.serving import load_detector
+    from cvat_argo.inference.serving import load_detector
     from cvat_argo.steps.annotate import read_unannotated
 
     detector = load_detector(model_dir, runtime=runtime)
@@ -167,7 +167,7 @@ def main() -> int:
         model_dir = ns.model_dir or train_model(work, log, ns.epochs)
         manifest = json.loads((model_dir / "model.json").read_text())
         dataset = benchmark_images(work, ns.images)
-        from cvat_argo.serving import load_detector
+        from cvat_argo.inference.serving import load_detector
         from cvat_argo.steps.annotate import model_input_size
 
         target = model_input_size(load_detector(model_dir, runtime="auto"))

@@ -30,7 +30,7 @@ from statistics import median
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from cvat_argo.synthetic import generate_task  # noqa: E402
+from cvat_argo.data.synthetic import generate_task  # noqa: E402
 
 RAW_READ = textwrap.dedent("""
     import sys, time

@@ -48,8 +48,8 @@ def speed(name: str, dataset: Path, work: Path, steps: int, gpus: int) -> float:
     import tensorflow as tf
     from official.common import distribute_utils
 
-    from cvat_argo.catalog import load_catalog
-    from cvat_argo.spec import Arguments
+    from cvat_argo.request.catalog import load_catalog
+    from cvat_argo.request.spec import Arguments
     from cvat_argo.training.experiment import build_experiment, build_model
 
     entry = load_catalog(env={}).model(name)
@@ -97,7 +97,7 @@ def accuracy(model: str, dataset: Path, work: Path, steps: int, train_images: in
 
 
 def shapes_dataset(work: Path, images: int) -> tuple[Path, int]:
-    from cvat_argo.synthetic import generate_task
+    from cvat_argo.data.synthetic import generate_task
 
     task = generate_task(work, images=images, annotated_fraction=1.0, width=256, height=256, seed=3, name="shapes")
     out = work / "dataset"
@@ -120,7 +120,7 @@ def main() -> int:
 
     import tensorflow as tf
 
-    from cvat_argo.catalog import load_catalog
+    from cvat_argo.request.catalog import load_catalog
 
     gpus = len(tf.config.list_physical_devices("GPU"))
     names = ns.models or sorted(load_catalog(env={}).models)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cvat_argo.synthetic import generate_task
+from cvat_argo.data.synthetic import generate_task
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import cvat_argo
-from cvat_argo.synthetic import generate_task
+from cvat_argo.data.synthetic import generate_task
 
 # %% [markdown]
 # ## The request: a CVAT task (or an export), a model by its CVAT name, the usual argument string

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cvat_argo.images import REGISTRY_ENV
+from cvat_argo.engines.images import REGISTRY_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,10 @@ import pytest
 from PIL import Image
 
 from annotate_fixtures import model_labels, trained_exported_model
-from cvat_argo.annotation_outputs import (
+from cvat_argo.errors import CvatArgoError
+from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
+from cvat_argo.formats.cvat_xml import write_cvat_xml
+from cvat_argo.inference.outputs import (
     Tally,
     Thresholds,
     coco_document,
@@ -24,15 +27,12 @@ from cvat_argo.annotation_outputs import (
     write_json,
     write_report,
 )
-from cvat_argo.errors import CvatArgoError
-from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
-from cvat_argo.formats.cvat_xml import write_cvat_xml
 from cvat_argo.steps import annotate as step
 
 LABELS = ("square", "circle", "triangle")
 
 try:  # the real type once the serving module exists; the same fields either way
-    from cvat_argo.serving import Detections
+    from cvat_argo.inference.serving import Detections
 except ImportError:  # pragma: no cover - only before serving.py lands
 
     @dataclass(frozen=True)
@@ -275,7 +275,7 @@ def dataset(tmp_path_factory) -> Path:
     """A dataset-stage-like folder: 12 synthetic photos to pre-annotate, one of them broken."""
     import zipfile
 
-    from cvat_argo.synthetic import generate_task
+    from cvat_argo.data.synthetic import generate_task
 
     work = tmp_path_factory.mktemp("annotate-dataset")
     # 192x144: small enough that no JPEG draft decoding happens, so boxes compare exactly with direct calls
@@ -297,7 +297,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def _direct(exported: Path, dataset: Path, threshold: float) -> dict[str, list[tuple[str, tuple[float, ...]]]]:
     """What the model finds when called directly, image by image, fully decoded."""
-    from cvat_argo.serving import load_detector
+    from cvat_argo.inference.serving import load_detector
 
     detector = load_detector(exported, runtime="tflite")
     found = {}

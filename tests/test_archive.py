@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cvat_argo.archive import extract, is_archive
 from cvat_argo.errors import DatasetError
+from cvat_argo.storage.archive import extract, is_archive
 
 FILES = {
     "annotations.xml": b"<annotations/>",

@@ -13,10 +13,10 @@ from ruamel.yaml import YAML
 
 from argo_validation import assert_valid, schema_errors
 from cvat_argo import RequestError, TrainingRequest, build_workflow, build_workflow_template, load_catalog
-from cvat_argo.argo import TASK_ID_LABEL, template_name
 from cvat_argo.cli import main
-from cvat_argo.pipeline import build_pipeline
-from cvat_argo.render import HEADER, check_files, render_files, write_files
+from cvat_argo.engines.argo import TASK_ID_LABEL, template_name
+from cvat_argo.engines.pipeline import build_pipeline
+from cvat_argo.engines.render import HEADER, check_files, render_files, write_files
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "workflow_templates"
@@ -94,7 +94,7 @@ def test_parameter_values_read_back_as_strings_with_yaml_1_2(rendered, tmp_path)
                                      base_model_uri="s3://models/1e3", val_fraction=0.25)
     pipeline = build_pipeline(request)
     files = [*rendered]
-    from cvat_argo import yamlio
+    from cvat_argo.engines import yamlio
 
     files_text = [f.text for f in files] + [yamlio.dump(build_workflow(request).to_dict())]
     expected = pipeline.parameter_values()

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from cvat_argo import CatalogError, RequestError, TrainingRequest, load_catalog
-from cvat_argo.catalog import CATALOG_ENV
+from cvat_argo.request.catalog import CATALOG_ENV
 
 SEED_MODELS = ("ssd-mobilenet-v2-coco", "frcnn-res50-coco", "frcnn-res101-coco", "frcnn-inception-resnet-v2-coco",
                "frcnn-nas-coco")

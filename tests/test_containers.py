@@ -8,8 +8,8 @@ from pathlib import Path
 import tomllib
 
 import cvat_argo
-from cvat_argo.images import EXIT_HANDLER_IMAGE, STAGE_IMAGES, image_reference
-from cvat_argo.pipeline import STAGE_NAMES
+from cvat_argo.engines.images import EXIT_HANDLER_IMAGE, STAGE_IMAGES, image_reference
+from cvat_argo.engines.pipeline import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 CONTAINERS = REPO / "containers"

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvat_argo import serving
+from cvat_argo.entry import run_step
 from cvat_argo.errors import CvatArgoError, DatasetError
+from cvat_argo.inference import serving
 from cvat_argo.steps import convert
-from cvat_argo.steps.common import run_step
 from tiny_dataset import write_tiny_dataset
 from trained_model import converted_rcnn, converted_ssd
 
@@ -218,7 +218,7 @@ def test_self_test_catches_an_export_that_differs_from_the_checkpoint(ssd, refer
 
 
 def fake_model(folder: Path, *, manifest: bool = True, params: bool = True, checkpoint: bool = True) -> Path:
-    from cvat_argo.catalog import builtin_catalog
+    from cvat_argo.request.catalog import builtin_catalog
 
     folder.mkdir(parents=True)
     entry = builtin_catalog().model("ssd-mobilenet-v2-coco")

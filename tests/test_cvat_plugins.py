@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from annotate_fixtures import model_labels, trained_exported_model
-from cvat_argo import cvat_upload
-from cvat_argo.annotation_outputs import coco_document, write_json
-from cvat_argo.cvat_server import connect
+from cvat_argo.cvat import upload as cvat_upload
+from cvat_argo.cvat.server import connect
 from cvat_argo.errors import CvatArgoError, DatasetError
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
 from cvat_argo.formats.cvat_xml import write_cvat_xml
+from cvat_argo.inference.outputs import coco_document, write_json
 from fake_cvat_server import FakeTask, cvat_server, label
 from fixtures_servers import s3_server  # noqa: F401
 
@@ -183,7 +183,7 @@ def _reviewed_export(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_qc_report_on_a_reviewed_export(tmp_path, capsys):
-    from cvat_argo import qc_report
+    from cvat_argo.cvat import qc as qc_report
 
     export, predictions = _reviewed_export(tmp_path)
     code = qc_report.main([str(export), "--predictions", str(predictions), "--out", str(tmp_path / "qc")])
@@ -207,7 +207,7 @@ def test_qc_report_on_a_reviewed_export(tmp_path, capsys):
 
 
 def test_qc_report_without_predictions_counts_what_people_kept(tmp_path):
-    from cvat_argo import qc_report
+    from cvat_argo.cvat import qc as qc_report
 
     export, _ = _reviewed_export(tmp_path)
     document = qc_report.qc_report(str(export), tmp_path / "qc")
@@ -217,7 +217,7 @@ def test_qc_report_without_predictions_counts_what_people_kept(tmp_path):
 
 
 def test_qc_report_refuses_an_export_without_sources(tmp_path):
-    from cvat_argo import qc_report
+    from cvat_argo.cvat import qc as qc_report
 
     (tmp_path / "coco" / "annotations").mkdir(parents=True)
     (tmp_path / "coco" / "annotations" / "instances_default.json").write_text(json.dumps(
@@ -240,7 +240,7 @@ def picture(tmp_path_factory) -> Path:
     """A synthetic photo with shapes on it, like the ones the model trained on."""
     import zipfile
 
-    from cvat_argo.synthetic import generate_task
+    from cvat_argo.data.synthetic import generate_task
 
     task = generate_task(tmp_path_factory.mktemp("picture"), images=2, annotated_fraction=0.0, seed=11, name="pic")
     with zipfile.ZipFile(task.export) as archive:
@@ -265,7 +265,7 @@ def test_detection_function_passes_the_sdks_own_validation(exported, picture):
     from cvat_sdk.auto_annotation.driver import _AnnotationMapper
     from PIL import Image
 
-    from cvat_argo import cvat_function
+    from cvat_argo import cvat_function  # the path cvat-cli users type
 
     function = cvat_function.create(model=str(exported), threshold=0.0)
     spec = function.spec
@@ -297,8 +297,8 @@ def test_detection_function_passes_the_sdks_own_validation(exported, picture):
 
 @pytest.mark.slow
 def test_detection_function_loads_a_model_from_s3(exported, s3_server, tmp_path, monkeypatch):  # noqa: F811
-    from cvat_argo import cvat_function
-    from cvat_argo.store import minio_client
+    from cvat_argo.cvat import function as cvat_function
+    from cvat_argo.storage.store import minio_client
 
     for key, value in s3_server.items():
         monkeypatch.setenv(key, value)
@@ -316,7 +316,7 @@ def test_detection_function_loads_a_model_from_s3(exported, s3_server, tmp_path,
 
 
 def test_detection_function_needs_a_model(monkeypatch):
-    from cvat_argo import cvat_function
+    from cvat_argo.cvat import function as cvat_function
 
     monkeypatch.delenv("CVAT_ARGO_MODEL", raising=False)
     with pytest.raises(CvatArgoError, match="pass -p model=str:PATH_OR_S3_URI"):
@@ -362,8 +362,8 @@ def test_nuclio_bundle_handler_answers_like_cvat_expects(exported, picture, tmp_
     import yaml
     from PIL import Image
 
-    from cvat_argo import nuclio
-    from cvat_argo.serving import load_detector
+    from cvat_argo.cvat import nuclio
+    from cvat_argo.inference.serving import load_detector
 
     assert nuclio.main([str(exported), "--out", str(tmp_path / "fn"), "--name", "Shapes detector"]) == 0
     function = yaml.safe_load((tmp_path / "fn" / "function.yaml").read_text())
@@ -394,7 +394,7 @@ def test_nuclio_bundle_handler_answers_like_cvat_expects(exported, picture, tmp_
 
 
 def test_nuclio_bundle_refuses_a_folder_that_is_not_a_model(tmp_path):
-    from cvat_argo import nuclio
+    from cvat_argo.cvat import nuclio
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(CvatArgoError, match=r"has no model\.json and labels\.json"):

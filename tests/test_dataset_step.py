@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvat_argo.catalog import load_catalog
+from cvat_argo.data.synthetic import generate_task
 from cvat_argo.errors import CvatArgoError, DatasetError
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
 from cvat_argo.formats.cvat_xml import CvatXmlReader, write_cvat_xml
 from cvat_argo.formats.tfrecord import decode_example, read_records
+from cvat_argo.request.catalog import load_catalog
 from cvat_argo.steps import dataset as step
-from cvat_argo.store import minio_client
-from cvat_argo.synthetic import generate_task
+from cvat_argo.storage.store import minio_client
 from fixtures_servers import http_server, s3_server  # noqa: F401
 
 
@@ -348,7 +348,7 @@ def test_nothing_annotated_and_existing_output_are_refused(tmp_path, task):
 
 
 def test_cli_exit_codes(tmp_path, capsys):
-    from cvat_argo.steps.common import run_step
+    from cvat_argo.entry import run_step
 
     assert run_step(step.main, ["--source", str(tmp_path / "nope.zip"), "--out", str(tmp_path / "ds")]) == 4
     assert "does not exist" in capsys.readouterr().err

@@ -19,10 +19,10 @@ import pytest
 pytest.importorskip("official", reason="needs the train extra (tf-models-official)")
 tf = pytest.importorskip("tensorflow")
 
-from cvat_argo.catalog import load_catalog  # noqa: E402
 from cvat_argo.errors import ArgumentError, DatasetError  # noqa: E402
 from cvat_argo.formats.tfrecord import decode_example, encode_example, read_records  # noqa: E402
-from cvat_argo.spec import Arguments  # noqa: E402
+from cvat_argo.request.catalog import load_catalog  # noqa: E402
+from cvat_argo.request.spec import Arguments  # noqa: E402
 from cvat_argo.training import compat  # noqa: E402
 from cvat_argo.training.experiment import (  # noqa: E402
     MAX_STEPS_PER_LOOP_CPU,

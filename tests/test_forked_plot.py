@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cvat_argo.errors import CvatArgoError
-from cvat_argo.forked_plot import ForkedPlotter
+from cvat_argo.reports.forked_plot import ForkedPlotter
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here: the plot is drawn in-process")
 
@@ -28,8 +28,8 @@ def test_the_child_draws_and_the_parent_never_imports_matplotlib(tmp_path):
     code = f"""
 import json, sys
 from pathlib import Path
-from cvat_argo.dataset_report import plot
-from cvat_argo.forked_plot import ForkedPlotter
+from cvat_argo.reports.dataset import plot
+from cvat_argo.reports.forked_plot import ForkedPlotter
 plotter = ForkedPlotter()
 summary = {{"labels": ["car", "person"], "objects": {{"train": {{"car": 5, "person": 2}}, "val": {{"car": 1}}}}}}
 plotter.draw(plot, Path({str(tmp_path / "plot.png")!r}), summary, [(10.0, 20.0), (30.0, 5.0)])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvat_argo.imagefiles import ImageProblem, prepare_image, read_header
+from cvat_argo.data.imagefiles import ImageProblem, prepare_image, read_header
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

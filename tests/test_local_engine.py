@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from cvat_argo import local
-from cvat_argo.argo import IN_DIR, OUT_DIR, build_workflow, build_workflow_template
-from cvat_argo.spec import TrainingRequest
+from cvat_argo.engines import local
+from cvat_argo.engines.argo import IN_DIR, OUT_DIR, build_workflow, build_workflow_template
+from cvat_argo.request.spec import TrainingRequest
 
 REQUEST = TrainingRequest.create(source="s3://exports/task-7.zip", args="epochs=3,batch_size=8",
                                  model="ssd-mobilenet-v2-small", machine="cpu")

@@ -1,4 +1,4 @@
-from cvat_argo.markdown import capped_section
+from cvat_argo.reports.markdown import capped_section
 
 
 def test_capped_section_lists_up_to_the_limit_and_says_where_the_rest_is():

@@ -40,8 +40,8 @@ def backbone_checkpoint(dataset: Path, folder: Path) -> Path:
     """
     import tensorflow as tf
 
-    from cvat_argo.catalog import load_catalog
-    from cvat_argo.spec import Arguments
+    from cvat_argo.request.catalog import load_catalog
+    from cvat_argo.request.spec import Arguments
     from cvat_argo.training.experiment import build_experiment, build_model
 
     entry = load_catalog(env={}).model(MODEL)
@@ -57,9 +57,9 @@ def backbone_checkpoint(dataset: Path, folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_exported_ssd_finds_the_shapes_nobody_annotated(tmp_path, http_server):  # noqa: F811
+    from cvat_argo.data.synthetic import generate_task
     from cvat_argo.quickstart import score_against_truth
     from cvat_argo.steps import annotate, convert, dataset, pull, train
-    from cvat_argo.synthetic import generate_task
 
     task = generate_task(tmp_path / "task", images=IMAGES, annotated_fraction=0.6, width=SIZE, height=SIZE, seed=11)
     data = tmp_path / "dataset"

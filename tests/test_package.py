@@ -30,9 +30,9 @@ def test_the_dataset_stage_starts_without_heavy_imports():
 
 
 def test_reading_a_local_export_imports_no_s3_client(tmp_path):
-    from cvat_argo.synthetic import generate_task
+    from cvat_argo.data.synthetic import generate_task
 
     task = generate_task(tmp_path / "task", images=4, seed=0)
-    loaded = _modules_after(f"from pathlib import Path; from cvat_argo.dataset_source import open_export; "
+    loaded = _modules_after(f"from pathlib import Path; from cvat_argo.data.sources import open_export; "
                             f"open_export({str(task.export)!r}, Path({str(tmp_path / 'work')!r}))")
     assert "cvat_argo.formats.cvat_xml" in loaded and not {"minio", "requests"} & loaded

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cvat_argo import TrainingRequest
-from cvat_argo.images import STAGE_IMAGES
-from cvat_argo.pipeline import PLACEHOLDER, RUN_FIELDS, STAGE_NAMES, TRANSIENT_EXIT_CODE, build_pipeline
+from cvat_argo.engines.images import STAGE_IMAGES
+from cvat_argo.engines.pipeline import PLACEHOLDER, RUN_FIELDS, STAGE_NAMES, TRANSIENT_EXIT_CODE, build_pipeline
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cvat_argo.entry import run_step
 from cvat_argo.errors import CatalogError, DatasetError
-from cvat_argo.steps.common import run_step
 from cvat_argo.steps.pull import main, mirrored, newest_checkpoint, pull
-from cvat_argo.store import LocalStore, minio_client, store_from_env
+from cvat_argo.storage.store import LocalStore, minio_client, store_from_env
 from fixtures_servers import http_server, s3_server  # noqa: F401
 
 tf = pytest.importorskip("tensorflow")

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
+from cvat_argo.data.labels import LabelMapping
+from cvat_argo.data.split import split_frames
 from cvat_argo.errors import DatasetError
-from cvat_argo.labels import LabelMapping
-from cvat_argo.split import split_frames
 
 
 def test_split_is_seeded_and_deterministic():
@@ -67,7 +67,7 @@ def test_label_errors_name_the_label(keep, rename, message):
 def test_reviewed_frames_of_a_live_task_count_as_annotated():
     from types import SimpleNamespace
 
-    from cvat_argo.cvat_server import reviewed_frames
+    from cvat_argo.cvat.server import reviewed_frames
 
     jobs = [SimpleNamespace(type="annotation", state="completed", stage="annotation", start_frame=0, stop_frame=4),
             SimpleNamespace(type="annotation", state="in progress", stage="validation", start_frame=5, stop_frame=6),

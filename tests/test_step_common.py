@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from cvat_argo.entry import build_output
 from cvat_argo.errors import CvatArgoError
-from cvat_argo.steps.common import build_output
 
 
 def test_exit_without_teardown_keeps_the_exit_code_and_flushes_buffered_output():
     # Piped stdout is block-buffered: without the flush, os._exit would drop both lines.
     script = textwrap.dedent("""
         import logging, sys
-        from cvat_argo.steps.common import exit_without_teardown
+        from cvat_argo.entry import exit_without_teardown
         logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
         print("trained to step 10", end="")
         logging.getLogger("x").info("last log line")

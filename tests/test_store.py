@@ -16,9 +16,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from cvat_argo import store as store_module
 from cvat_argo.errors import CvatArgoError, DatasetError, TransientError
-from cvat_argo.store import (
+from cvat_argo.storage import store as store_module
+from cvat_argo.storage.store import (
     LocalStore,
     S3Store,
     Store,

@@ -11,7 +11,7 @@ import cvat_argo
 from argo_validation import assert_valid
 from cvat_argo import SubmitError, TrainingRequest
 from cvat_argo.cli import main
-from cvat_argo.submission import ArgoConnection, install_workflow_template, submit
+from cvat_argo.engines.submission import ArgoConnection, install_workflow_template, submit
 from fake_argo_server import FakeArgoServer
 
 TOKEN = "tok-3f9a1c-very-secret"
@@ -75,7 +75,7 @@ def test_submit_with_template_install_then_wait(server):
 
 def test_installing_again_updates_in_place(server):
     request = TrainingRequest.create(task_id=1)
-    from cvat_argo.pipeline import build_pipeline
+    from cvat_argo.engines.pipeline import build_pipeline
 
     pipeline = build_pipeline(request)
     install_workflow_template(pipeline, connection(server))

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("official", reason="needs the train extra (tf-models-official)")
 
 from cvat_argo.steps.train import latest_step
-from cvat_argo.store import minio_client
+from cvat_argo.storage.store import minio_client
 from fixtures_servers import s3_server  # noqa: F401
 from tiny_dataset import LABELS, write_tiny_dataset
 from trained_model import SMALL_MASKS, SMALL_RCNN

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from ruamel.yaml import YAML
 
-from cvat_argo import yamlio
+from cvat_argo.engines import yamlio
 
 TRICKY = ["1e-5", "1e3", "0.004", "4", "-1", "0x1F", "0o17", "017", "1_000", ".5", "+.inf", ".nan", "y", "n", "yes",
           "No", "on", "OFF", "true", "null", "~", "", "12:30", "2026-11-25", "1.0.0", "epochs=1", "ssd-mobilenet",

@@ -1,7 +1,7 @@
 """cvat-argo: annotate some images in CVAT, train a detector on them, pre-annotate the rest.
 
-The pipeline is declared once (:mod:`cvat_argo.pipeline`) and runs on Argo Workflows
-(:mod:`cvat_argo.argo`) or on one machine. Notebook use::
+The pipeline is declared once (:mod:`cvat_argo.engines.pipeline`) and runs on Argo Workflows
+(:mod:`cvat_argo.engines.argo`) or on one machine. Notebook use::
 
     import cvat_argo
     request = cvat_argo.TrainingRequest.create(task_id=42, args="epochs=10,batch_size=8")
@@ -20,13 +20,13 @@ from .errors import ArgumentError, CatalogError, CvatArgoError, RequestError, Su
 #: Public names and the modules that define them, imported on first use: the steps import this
 #: package too, and pydantic, YAML and Hera would add a fifth of a second to every stage's start.
 _LAZY = {
-    "Catalog": "catalog", "load_catalog": "catalog",
-    "Arguments": "spec", "DatasetSource": "spec", "TrainingRequest": "spec",
-    "build_workflow": "argo", "build_workflow_template": "argo",
-    "submit": "submission", "Submission": "submission", "ArgoConnection": "submission",
-    "run_locally": "local",
-    "build_pipeline": "pipeline",
-    "to_yaml": "yamlio",
+    "Catalog": "request.catalog", "load_catalog": "request.catalog",
+    "Arguments": "request.spec", "DatasetSource": "request.spec", "TrainingRequest": "request.spec",
+    "build_workflow": "engines.argo", "build_workflow_template": "engines.argo",
+    "submit": "engines.submission", "Submission": "engines.submission", "ArgoConnection": "engines.submission",
+    "run_locally": "engines.local",
+    "build_pipeline": "engines.pipeline",
+    "to_yaml": "engines.yamlio",
 }
 
 

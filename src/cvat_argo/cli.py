@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .catalog import Catalog, load_catalog
 from .errors import CvatArgoError
 from .quickstart import QUICKSTART_BATCH, QUICKSTART_EPOCHS
-from .spec import DEFAULT_MACHINE, DEFAULT_OUTPUT_PREFIX, TrainingRequest
+from .request.catalog import Catalog, load_catalog
+from .request.spec import DEFAULT_MACHINE, DEFAULT_OUTPUT_PREFIX, TrainingRequest
 
 DEFAULT_RENDER_DIR = Path("workflow_templates")
 
@@ -120,7 +120,7 @@ def cmd_machines(ns: argparse.Namespace) -> int:
 
 
 def cmd_plan(ns: argparse.Namespace) -> int:
-    from .pipeline import build_pipeline
+    from .engines.pipeline import build_pipeline
 
     catalog = load_catalog(ns.catalog)
     pipeline = build_pipeline(_request(ns, catalog), catalog)
@@ -146,7 +146,7 @@ def cmd_plan(ns: argparse.Namespace) -> int:
 
 
 def cmd_render(ns: argparse.Namespace) -> int:
-    from .render import ClusterSettings, check_or_raise, render_files, write_files
+    from .engines.render import ClusterSettings, check_or_raise, render_files, write_files
 
     settings = ClusterSettings(bucket=ns.bucket, s3_endpoint=ns.s3_endpoint, s3_insecure=not ns.s3_tls,
                                s3_region=ns.s3_region)
@@ -162,9 +162,9 @@ def cmd_render(ns: argparse.Namespace) -> int:
 
 
 def cmd_submit(ns: argparse.Namespace) -> int:
-    from . import yamlio
-    from .argo import cluster_pipeline, template_name, workflow_for, workflow_template_for
-    from .submission import ArgoConnection, submit
+    from .engines import yamlio
+    from .engines.argo import cluster_pipeline, template_name, workflow_for, workflow_template_for
+    from .engines.submission import ArgoConnection, submit
 
     catalog = load_catalog(ns.catalog)
     request = _request(ns, catalog)
@@ -195,7 +195,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from . import local
+    from .engines import local
 
     catalog = load_catalog(ns.catalog)
     request = None
@@ -209,8 +209,9 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(ns: argparse.Namespace) -> int:
-    from . import local, quickstart
-    from .run_report import write_run_report
+    from . import quickstart
+    from .engines import local
+    from .reports.run import write_run_report
 
     started = time.monotonic()
     data = quickstart.make_data(Path(ns.store) / "quickstart-data", ns.images, seed=ns.seed)
@@ -231,7 +232,7 @@ def cmd_quickstart(ns: argparse.Namespace) -> int:
 
 
 # Commands whose parser lives in their own module: its ``main(argv)`` gets the rest of the line.
-DELEGATED = {"nuclio-bundle": "nuclio", "qc-report": "qc_report"}
+DELEGATED = {"nuclio-bundle": "cvat.nuclio", "qc-report": "cvat.qc"}
 
 
 def _delegate(module: str):

@@ -1,6 +1,6 @@
 """``python -m cvat_argo quickstart``: the whole loop on generated data, the first thing a newcomer runs.
 
-It writes a partly annotated CVAT task export (:mod:`cvat_argo.synthetic`), runs the local pipeline
+It writes a partly annotated CVAT task export (:mod:`cvat_argo.data.synthetic`), runs the local pipeline
 on it with the CPU-sized ``ssd-mobilenet-v2-small``, and then scores the pre-annotations against the
 hidden truth of the images nobody annotated: the number that says whether checking them will be
 quicker than drawing them.
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .spec import TrainingRequest
-from .synthetic import generate_task
+from .data.synthetic import generate_task
+from .request.spec import TrainingRequest
 
 QUICKSTART_MODEL = "ssd-mobilenet-v2-small"
 #: 504 steps at batch 8 on the default 300 images (180 annotated, 162 of them for training). Measured

@@ -12,7 +12,7 @@ that does not decode is skipped and listed; the run goes on.
 Outputs in DIR (written as ``DIR.partial`` and renamed when complete): ``annotations.xml`` (CVAT for
 images 1.1), ``coco.json`` (with scores), ``summary.json``, ``scores.png`` and ``report.md``. With
 ``CVAT_HOST`` and credentials in the environment and a task id (``--cvat-task-id`` or the dataset's
-``dataset.json``), the shapes are also appended to the task (see :mod:`cvat_argo.cvat_upload`);
+``dataset.json``), the shapes are also appended to the task (see :mod:`cvat_argo.cvat.upload`);
 labels the model has and the task lacks stop the run before inference.
 """
 
@@ -34,7 +34,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..annotation_outputs import (
+from ..entry import build_output, exit_without_teardown, run_step
+from ..errors import DatasetError
+from ..formats.annotations import ImageRecord, LabelSpec, TaskMeta
+from ..formats.cvat_xml import write_cvat_xml
+from ..inference.outputs import (
     Tally,
     Thresholds,
     coco_document,
@@ -46,12 +50,8 @@ from ..annotation_outputs import (
     write_json,
     write_report,
 )
-from ..errors import DatasetError
-from ..formats.annotations import ImageRecord, LabelSpec, TaskMeta
-from ..formats.cvat_xml import write_cvat_xml
+from ..inference.serving import letterbox_scale
 from ..progress import progress_bar
-from ..serving import letterbox_scale
-from .common import build_output, exit_without_teardown, run_step
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 DRAFT_MIN_REDUCTION = 2.0  # decode JPEGs smaller only when that saves at least a 2x downscale
@@ -275,9 +275,9 @@ def read_model_labels(model: Path) -> tuple[str, ...]:
 
 
 def load(model: Path, runtime: str) -> Any:
-    """The exported model through :func:`cvat_argo.serving.load_detector`, with readable failures."""
+    """The exported model through :func:`cvat_argo.inference.serving.load_detector`, with readable failures."""
     read_model_labels(model)
-    from ..serving import load_detector
+    from ..inference.serving import load_detector
 
     return load_detector(model, runtime=runtime)
 
@@ -287,10 +287,10 @@ def load(model: Path, runtime: str) -> Any:
 
 def _task_labels(options: Options, model_labels: Sequence[str], client: Any, task_id: int | None):
     """Label specs for the XML's meta (and the upload), checked against the model's labels."""
-    from ..cvat_upload import check_labels
+    from ..cvat.upload import check_labels
 
     if client is not None and task_id is not None:
-        from ..cvat_upload import task_label_specs as server_labels
+        from ..cvat.upload import task_label_specs as server_labels
 
         labels = server_labels(client, task_id)
         check_labels(model_labels, labels, f"CVAT task {task_id}")
@@ -311,7 +311,7 @@ def _upload_target(options: Options) -> tuple[Any, int | None, str | None]:
         return None, task_id, "not uploaded: CVAT_HOST is not set"
     if task_id is None:
         return None, None, "not uploaded: no task id (give --cvat-task-id)"
-    from ..cvat_server import connect
+    from ..cvat.server import connect
 
     return connect(options.env, needs="uploading to CVAT"), task_id, None
 
@@ -380,7 +380,7 @@ def annotate(options: Options, partial: Path) -> dict[str, Any]:
         labels=list(model_labels), dropped_for_label_type=unfit,
     )
     if client is not None and task_id is not None:
-        from ..cvat_upload import upload
+        from ..cvat.upload import upload
 
         with progress_bar("adding shapes to CVAT", total=sum(len(r.shapes) for r in records), unit="shape") as bar:
             summary["upload"] = upload(client, task_id, records, model_labels, dry_run=options.dry_run, progress=bar)

@@ -21,7 +21,7 @@ output, built in ``OUT_DIR.partial`` and renamed when complete:
   the runtimes), ``model_card.md``, ``params.yaml`` and ``self_test.json``.
 
 Self-test: on a few validation images the trained Keras model (newest checkpoint) and every export,
-run through :mod:`cvat_argo.serving`, must give the same detections within a tolerance; a mismatch
+run through :mod:`cvat_argo.inference.serving`, must give the same detections within a tolerance; a mismatch
 fails the stage and leaves the details in ``OUT_DIR.partial/self_test.json``.
 """
 
@@ -45,14 +45,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import serving
+from ..entry import exit_without_teardown, run_step
 from ..errors import CvatArgoError, DatasetError
 from ..formats.label_map import read_labels_json, write_labels_json
 from ..formats.tfrecord import BytesList, decode_example, read_records
-from ..models import ModelEntry
-from ..serving import Detections
-from ..store import file_sha256
-from .common import exit_without_teardown, run_step
+from ..inference import serving
+from ..inference.serving import Detections
+from ..request.model_entry import ModelEntry
+from ..storage.store import file_sha256
 
 FORMAT = "cvat-argo/convert"
 FORMAT_VERSION = 1
@@ -353,7 +353,7 @@ def export_tflite(config: Any, model: TrainedModel, out: Path) -> dict[str, Any]
             "keep_aspect_ratio": True,
             "scaled_size": "scale = min(S / height, S / width); scaled = round(height * scale), round(width * scale)",
             "padding": "place the scaled image at the top left of an S x S input; the rest is 0 (after normalisation)",
-            "reference": "official.vision.ops.preprocess_ops.resize_and_crop_image; cvat_argo.serving."
+            "reference": "official.vision.ops.preprocess_ops.resize_and_crop_image; cvat_argo.inference.serving."
                          "preprocess_for_tflite",
         },
         "outputs": outputs,
@@ -375,7 +375,7 @@ class TFLiteExportProcess:
     side by side they take about as long as the slower one (the quickstart's convert stage went from
     57-61 s to 33-35 s). The child writes its files into the same ``.partial`` folder (no name
     is shared with the SavedModel export) and ends the way every TensorFlow step does
-    (:func:`~cvat_argo.steps.common.exit_without_teardown`); its log lines go to this step's log.
+    (:func:`~cvat_argo.entry.exit_without_teardown`); its log lines go to this step's log.
     """
 
     def __init__(self, model: Path, out: Path, score_threshold: float) -> None:

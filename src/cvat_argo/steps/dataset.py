@@ -29,19 +29,19 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from ..dataset_report import plot, write_report
-from ..dataset_source import Export, open_export
+from ..data.imagefiles import ImageProblem, displayed_size, prepare_image, probe_file
+from ..data.labels import LabelMapping
+from ..data.sources import Export, open_export
+from ..data.split import split_frames
+from ..entry import build_output, run_step
 from ..errors import DatasetError
-from ..forked_plot import ForkedPlotter
 from ..formats.annotations import ImageRecord
 from ..formats.geometry import box_area, clip_box
 from ..formats.label_map import write_label_map, write_labels_json
 from ..formats.tfrecord import ShardedWriter, detection_example, encode_mask_png, plan_shards
-from ..imagefiles import ImageProblem, displayed_size, prepare_image, probe_file
-from ..labels import LabelMapping
 from ..progress import progress_bar, track
-from ..split import split_frames
-from .common import build_output, run_step
+from ..reports.dataset import plot, write_report
+from ..reports.forked_plot import ForkedPlotter
 
 FEW_OBJECTS, FEW_PER_LABEL = 100, 10
 
@@ -421,7 +421,7 @@ def _wants_masks(choice: str, model: str, model_spec: str) -> bool:
         return choice == "yes"
     if not model and not model_spec:
         return False
-    from ..catalog import entry_from_parameters
+    from ..request.catalog import entry_from_parameters
 
     return entry_from_parameters(model, model_spec).masks
 
@@ -440,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       work=ns.work, masks=_wants_masks(ns.masks, ns.model, ns.model_spec))
     with tempfile.TemporaryDirectory(prefix="cvat-argo-task-", dir=ns.work) as download:
         if not ns.source:
-            from ..cvat_server import export_task
+            from ..cvat.server import export_task
 
             options.cvat_task_id = int(ns.cvat_task_id)
             archive, options.reviewed_frames = export_task(options.cvat_task_id, Path(download))

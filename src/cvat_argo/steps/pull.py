@@ -5,7 +5,7 @@
 
 The URI is the catalog's unless ``--uri`` names another: ``https://``, ``s3://`` (through the
 store), ``gs://`` (public objects), a local path, or the model folder of an earlier run to fine-tune
-from. An archive is extracted with :mod:`cvat_argo.archive`; a bare checkpoint prefix
+from. An archive is extracted with :mod:`cvat_argo.storage.archive`; a bare checkpoint prefix
 (``.../ckpt-180648``) brings its ``.index`` and ``.data-*`` files. The newest checkpoint is chosen by
 step number, not by string order (``ckpt-10`` after ``ckpt-9``). With a store configured
 (``CVAT_ARGO_STORE``) the result is cached under ``base-models/<sha256>/`` and the next run with the
@@ -27,11 +27,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..archive import extract, is_archive
-from ..catalog import entry_from_parameters
+from ..entry import run_step
 from ..errors import DatasetError
-from ..store import Store, fetch, file_sha256, store_from_env
-from .common import run_step
+from ..request.catalog import entry_from_parameters
+from ..storage.archive import extract, is_archive
+from ..storage.store import Store, fetch, file_sha256, store_from_env
 
 CACHE_PREFIX = "base-models"
 CHECKPOINT_DIR = "checkpoint"

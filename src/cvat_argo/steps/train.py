@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..catalog import entry_from_parameters
+from ..entry import exit_without_teardown, run_step
 from ..errors import ArgumentError, CvatArgoError
-from ..spec import Arguments
-from ..store import store_from_env
-from .common import exit_without_teardown, run_step
+from ..request.catalog import entry_from_parameters
+from ..request.spec import Arguments
+from ..storage.store import store_from_env
 
 BASE_MANIFEST = "base-model.json"
 #: What convert needs to rebuild the model: the catalog entry (with its experiment) and the labels.

@@ -4,7 +4,7 @@ Model Garden's registered experiments are COCO recipes for TPU pods: 91 classes,
 bfloat16, step schedules measured in COCO steps, ``steps_per_loop`` of a whole COCO epoch. This module
 turns one of them into the run the user asked for, and nothing else: no training loop here (the
 train step hands the config to ``official.core.train_lib.run_experiment``). Every value it sets is
-derived from the catalog entry, the :class:`~cvat_argo.spec.Arguments` and the dataset artifact, so
+derived from the catalog entry, the :class:`~cvat_argo.request.spec.Arguments` and the dataset artifact, so
 the saved ``params.yaml`` explains the run completely.
 
 Choices and the Model Garden 2.20 traps they avoid (see the research notes):
@@ -44,8 +44,8 @@ import yaml
 from cvat_argo.errors import ArgumentError, DatasetError
 from cvat_argo.formats.label_map import read_labels_json
 from cvat_argo.formats.tfrecord import BytesList, decode_example, read_records
-from cvat_argo.models import ModelEntry
-from cvat_argo.spec import Arguments
+from cvat_argo.request.model_entry import ModelEntry
+from cvat_argo.request.spec import Arguments
 
 if TYPE_CHECKING:
     import tf_keras

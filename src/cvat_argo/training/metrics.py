@@ -73,7 +73,7 @@ def summarize(model_dir: Path, labels: Sequence[str]) -> dict[str, Any]:
 
 
 def plot_curves(summary: dict[str, Any], path: Path) -> None:
-    from ..plots import new_figure, save_figure
+    from ..reports.plots import new_figure, save_figure
 
     figure, (loss_axis, ap_axis) = new_figure(ncols=2, width=11, height=4)
     history = summary["history"]

@@ -12,7 +12,7 @@ import re
 import threading
 from pathlib import Path
 
-from ..store import Store
+from ..storage.store import Store
 
 _CHECKPOINT_FILE = re.compile(r"^(ckpt-\d+\.(index|data-\d+-of-\d+)|checkpoint)$")
 

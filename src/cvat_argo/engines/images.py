@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from . import __version__
+from .. import __version__
 
 DEFAULT_REGISTRY = "ghcr.io/cvat-argo"
 REGISTRY_ENV = "CVAT_ARGO_IMAGE_REGISTRY"

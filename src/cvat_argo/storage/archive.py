@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 DEFAULT_MAX_RATIO = 200.0
 DEFAULT_MAX_BYTES = 64 * 2**30

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import CvatArgoError
+from .errors import CvatArgoError
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Finding the annotations and the image files of a CVAT export, wherever it came from.
 
 A source is a local folder or archive, an ``s3://`` object or prefix, or an ``https://`` URL; it is
-brought to local disk once (:func:`cvat_argo.store.fetch`), archives are extracted safely, and the
+brought to local disk once (:func:`cvat_argo.storage.store.fetch`), archives are extracted safely, and the
 export's format is recognised: CVAT for images/video 1.1 (``annotations.xml``) or COCO 1.0
 (``annotations/instances_*.json``).
 """
@@ -12,10 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import extract, is_archive
-from .errors import DatasetError
-from .formats.coco import CocoReader, find_coco_files
-from .formats.cvat_xml import CvatXmlReader
+from ..errors import DatasetError
+from ..formats.coco import CocoReader, find_coco_files
+from ..formats.cvat_xml import CvatXmlReader
+from ..storage.archive import extract, is_archive
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -60,7 +60,7 @@ class ImageLocator:
 def open_export(source: str, work: Path) -> Export:
     """Fetch, extract and recognise an export. Raises DatasetError naming the source when it cannot."""
     if "://" in source:
-        from .store import fetch  # only here: minio and requests cost a local export 0.15 s of start-up
+        from ..storage.store import fetch  # only here: minio and requests cost a local export 0.15 s of start-up
 
         local = fetch(source, work / "download")
     else:

@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ArgumentError, RequestError
-from .suggest import unknown_name_message
+from ..errors import ArgumentError, RequestError
+from ..suggest import unknown_name_message
 
 DEFAULT_MODEL = "ssd-mobilenet-v2-coco"
 DEFAULT_MACHINE = "gpu-1"

@@ -44,12 +44,12 @@ from hera.workflows.models import (
 )
 from hera.workflows.models import Toleration as ModelToleration
 
-from . import __version__
-from .catalog import Catalog, ResolvedRequest
-from .errors import RequestError
+from .. import __version__
+from ..errors import RequestError
+from ..request.catalog import Catalog, ResolvedRequest
+from ..request.spec import TrainingRequest
 from .images import default_stage_images
 from .pipeline import PLACEHOLDER, TRANSIENT_EXIT_CODE, Pipeline, Stage, build_pipeline
-from .spec import TrainingRequest
 
 IN_DIR = "/mnt/in"
 OUT_DIR = "/mnt/out"

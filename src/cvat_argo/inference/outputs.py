@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CvatArgoError
-from .formats.annotations import ImageRecord, LabelSpec, Shape
-from .markdown import capped_section
-from .suggest import unknown_name_message
+from ..errors import CvatArgoError
+from ..formats.annotations import ImageRecord, LabelSpec, Shape
+from ..reports.markdown import capped_section
+from ..suggest import unknown_name_message
 
 DEFAULT_THRESHOLD = 0.5
 SCORE_BINS = 20
@@ -120,7 +120,7 @@ def detections_to_shapes(
 ) -> tuple[Shape, ...]:
     """CVAT shapes (``source="auto"``, with score) for one image's detections.
 
-    ``detections`` is a :class:`cvat_argo.serving.Detections`; ``scale`` multiplies its boxes (the
+    ``detections`` is a :class:`cvat_argo.inference.serving.Detections`; ``scale`` multiplies its boxes (the
     image may have been decoded smaller than its displayed size). Boxes are clipped to the image
     and empty ones dropped; masks become polygons for ``polygon_labels`` (default: every label).
     """
@@ -274,7 +274,7 @@ class Tally:
 
 def plot_scores(path: Path, summary: Mapping[str, Any], thresholds: Mapping[str, Any]) -> None:
     """Score histogram per label with the thresholds marked: where to set the threshold next time."""
-    from .plots import new_figure, save_figure
+    from ..reports.plots import new_figure, save_figure
 
     figure, axis = new_figure(width=7, height=4)
     counts: Mapping[str, list[int]] = summary["score_histogram"]["counts"]

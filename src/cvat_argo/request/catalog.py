@@ -6,7 +6,7 @@ overrides the fields it gives; ``extends: NAME`` starts a new entry from an exis
 else must be complete. Every entry is validated the same way as the built-in ones, and errors name
 the file and the entry.
 
-:meth:`Catalog.resolve` checks a :class:`~cvat_argo.spec.TrainingRequest` against the catalog: it is
+:meth:`Catalog.resolve` checks a :class:`~cvat_argo.request.spec.TrainingRequest` against the catalog: it is
 where "frcnn-nas-coco needs 2 GPUs" is refused, when the workflow is built rather than at run time.
 """
 
@@ -22,11 +22,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import CatalogError, RequestError
+from ..errors import CatalogError, RequestError
+from ..suggest import unknown_name_message
 from .machines import BUILTIN_MACHINES, MachineType
-from .models import ModelEntry
+from .model_entry import ModelEntry
 from .spec import Arguments, TrainingRequest
-from .suggest import unknown_name_message
 
 CATALOG_ENV = "CVAT_ARGO_CATALOG"
 _TOP_LEVEL_KEYS = ("default_model", "models", "machines")
@@ -176,7 +176,7 @@ def _describe(exc: ValidationError) -> str:
 
 
 def builtin_catalog() -> Catalog:
-    text = resources.files("cvat_argo").joinpath("catalog.yaml").read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath("catalog.yaml").read_text(encoding="utf-8")
     empty = Catalog(models={}, machines={m.name: m for m in BUILTIN_MACHINES}, default_model="", sources=())
     catalog = empty.merged_with(yaml.safe_load(text), "built-in catalog.yaml")
     return Catalog(models=catalog.models, machines=catalog.machines, default_model=catalog.default_model,

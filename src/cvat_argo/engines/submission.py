@@ -24,11 +24,11 @@ from hera.workflows.models import (
 )
 from hera.workflows.models import WorkflowTemplate as ModelWorkflowTemplate
 
+from ..errors import SubmitError
+from ..request.catalog import Catalog
+from ..request.spec import TrainingRequest
 from .argo import artifact_key, cluster_pipeline, template_name, workflow_for, workflow_template_for
-from .catalog import Catalog
-from .errors import SubmitError
 from .pipeline import Pipeline
-from .spec import TrainingRequest
 
 FINISHED_PHASES = ("Succeeded", "Failed", "Error")
 _TRUE = ("1", "true", "yes", "on")

@@ -3,7 +3,7 @@
 A machine type maps to pod resources, a node selector and tolerations for the training pod, like
 Onepanel's node pools did. The built-in ones assume the NVIDIA GPU Operator's node labels
 (``nvidia.com/gpu.present``, ``nvidia.com/gpu.count``) and the usual ``nvidia.com/gpu`` taint;
-clusters with other labels override them in a catalog file (see :mod:`cvat_argo.catalog`).
+clusters with other labels override them in a catalog file (see :mod:`cvat_argo.request.catalog`).
 """
 
 from __future__ import annotations

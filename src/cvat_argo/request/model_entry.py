@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .images import STAGE_IMAGES
+from ..engines.images import STAGE_IMAGES
 
 
 class Checkpoint(BaseModel):

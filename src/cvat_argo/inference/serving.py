@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CvatArgoError
-from .formats.label_map import read_labels_json
+from ..errors import CvatArgoError
+from ..formats.label_map import read_labels_json
 
 MODEL_JSON = "model.json"
 LABELS_JSON = "labels.json"

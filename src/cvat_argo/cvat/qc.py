@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DatasetError
-from .formats.annotations import Box, ImageRecord, Shape
+from ..errors import DatasetError
+from ..formats.annotations import Box, ImageRecord, Shape
 
 MACHINE_SOURCES = ("auto", "semi-auto")
 OUTCOMES = ("accepted", "corrected", "deleted", "added")
@@ -199,7 +199,7 @@ def write_markdown(path: Path, document: dict[str, Any]) -> None:
 
 
 def plot(path: Path, document: dict[str, Any]) -> None:
-    from .plots import new_figure, save_figure
+    from ..reports.plots import new_figure, save_figure
 
     has_scores = document["by_score"] is not None
     figure, axes = new_figure(ncols=2 if has_scores else 1, width=11 if has_scores else 6, height=4)
@@ -229,7 +229,7 @@ def plot(path: Path, document: dict[str, Any]) -> None:
 
 
 def _reader(source: str, work: Path):
-    from .dataset_source import open_export
+    from ..data.sources import open_export
 
     export = open_export(source, work)
     if export.format != "cvat-images":
@@ -247,11 +247,11 @@ def read_predictions(path: Path) -> dict[str, ImageRecord]:
         raise DatasetError(f"--predictions {path} does not exist: give the pre-annotate output folder, its "
                            "coco.json or its annotations.xml")
     if path.suffix == ".json":
-        from .formats.coco import CocoReader
+        from ..formats.coco import CocoReader
 
         reader: Any = CocoReader([path])
     else:
-        from .formats.cvat_xml import CvatXmlReader
+        from ..formats.cvat_xml import CvatXmlReader
 
         reader = CvatXmlReader(path)
     return {record.name: record for record in reader.images()}
@@ -299,6 +299,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .steps.common import run_step
+    from ..entry import run_step
 
     sys.exit(run_step(main))

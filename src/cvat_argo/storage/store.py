@@ -39,8 +39,8 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import check_bucket_name
 
-from .errors import CvatArgoError, DatasetError, TransientError
-from .progress import progress_bar as shared_progress_bar
+from ..errors import CvatArgoError, DatasetError, TransientError
+from ..progress import progress_bar as shared_progress_bar
 
 STORE_VAR = "CVAT_ARGO_STORE"
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # the service-specific one wins, as in the AWS SDKs

@@ -26,9 +26,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cvat_server import lenient_json, readable_error
-from .errors import DatasetError
-from .formats.annotations import ImageRecord, LabelSpec, Shape
+from ..errors import DatasetError
+from ..formats.annotations import ImageRecord, LabelSpec, Shape
+from .server import lenient_json, readable_error
 
 DEFAULT_TOLERANCE = 1.0  # pixels; CVAT keeps coordinates as floats, so a round trip moves nothing
 CHUNK_SHAPES = 2000  # shapes per PATCH request

@@ -2,7 +2,7 @@
 
 Each stage is the command ``python -m cvat_argo.steps.<module>`` with its arguments, the workflow
 parameters it reads, its input and output artifacts, resources, retries and deadline. The Argo
-engine (:mod:`cvat_argo.argo`) turns this into a WorkflowTemplate; the local engine runs the same
+engine (:mod:`cvat_argo.engines.argo`) turns this into a WorkflowTemplate; the local engine runs the same
 commands as subprocesses. Arguments use neutral placeholders that each engine fills in:
 
 ``{param:NAME}``   a workflow parameter (Argo: ``{{inputs.parameters.NAME}}``)
@@ -19,10 +19,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .catalog import Catalog, ResolvedRequest, load_catalog
+from ..request.catalog import Catalog, ResolvedRequest, load_catalog
+from ..request.machines import Toleration
+from ..request.spec import TrainingRequest
 from .images import EXIT_HANDLER_IMAGE, default_stage_images, image_reference
-from .machines import Toleration
-from .spec import TrainingRequest
 
 # A step exits with this code (EX_TEMPFAIL) when it failed on something worth retrying: a network
 # error, a 5xx from S3 or CVAT. Any other non-zero code is a permanent failure and is not retried.

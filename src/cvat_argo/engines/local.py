@@ -29,11 +29,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog
-from .errors import CvatArgoError
+from ..errors import CvatArgoError
+from ..request.catalog import Catalog
+from ..request.spec import TrainingRequest
+from ..storage.store import S3Store, file_sha256, store_from_url
 from .pipeline import PLACEHOLDER, TRANSIENT_EXIT_CODE, Pipeline, Stage, build_pipeline
-from .spec import TrainingRequest
-from .store import S3Store, file_sha256, store_from_url
 
 MANIFEST = "manifest.json"
 LOG = "log.txt"
@@ -358,7 +358,7 @@ def run_locally(request: TrainingRequest | None = None, *, store: str = "runs", 
 
     The notebook entry point: ``run = cvat_argo.run_locally(request)``, then read ``run.root``.
     """
-    from .run_report import write_run_report
+    from ..reports.run import write_run_report
 
     if resume:
         run = reopen(resume, store=store, catalog=catalog)

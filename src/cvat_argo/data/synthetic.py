@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
-from .formats.cvat_xml import write_cvat_xml
+from ..formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
+from ..formats.cvat_xml import write_cvat_xml
 
 LABELS = (LabelSpec("square", "#e6194b", "rectangle"), LabelSpec("circle", "#3cb44b", "rectangle"),
           LabelSpec("triangle", "#4363d8", "polygon"))

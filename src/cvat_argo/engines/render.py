@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, yamlio
+from .. import __version__
+from ..errors import CvatArgoError, RenderDriftError
+from ..request.catalog import Catalog, load_catalog
+from ..request.spec import DatasetSource, TrainingRequest
+from . import yamlio
 from .argo import APP_LABELS, template_name, workflow_for, workflow_template_for
-from .catalog import Catalog, load_catalog
-from .errors import CvatArgoError, RenderDriftError
 from .images import default_stage_images
 from .pipeline import CVAT_SECRET, STORE_CONFIG_MAP, STORE_SECRET, build_pipeline
-from .spec import DatasetSource, TrainingRequest
 
 HEADER = (
     f"# Rendered by `python -m cvat_argo render` (cvat-argo {__version__}). Do not edit: change the code or\n"

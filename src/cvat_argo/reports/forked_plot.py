@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .errors import CvatArgoError
+from ..errors import CvatArgoError
 
 
 class ForkedPlotter:

@@ -9,7 +9,7 @@ Writes a folder that ``nuctl deploy --project-name cvat --path DIR --file DIR/fu
   (``type: detector``, the label spec), handler ``main:handler``, a small base image whose build
   installs only what the runtime needs;
 - ``main.py``: ``init_context`` loads the model once per worker with
-  :func:`cvat_argo.serving.load_detector`; ``handler`` takes CVAT's ``{"image": base64, "threshold"}``
+  :func:`cvat_argo.inference.serving.load_detector`; ``handler`` takes CVAT's ``{"image": base64, "threshold"}``
   and answers ``[{"confidence", "label", "points": [x1, y1, x2, y2], "type": "rectangle"}]``;
 - ``model/``: the files of the chosen runtime from the convert output;
 - ``cvat_argo/``: the few modules the handler imports (serving and its imports), so the image needs
@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
-from .errors import CvatArgoError
+from ..errors import CvatArgoError
 
-PACKAGE = Path(__file__).resolve().parent
-ENTRY_MODULES = ("serving", "annotation_outputs")
+PACKAGE = Path(__file__).resolve().parent.parent
+ENTRY_MODULES = ("inference.serving", "inference.outputs")
 PYTHON = "3.10"
 TF_VERSION = "2.20.0"
 TFLITE_PACKAGES = ("numpy", "pillow", "ai-edge-litert")
@@ -56,8 +56,8 @@ sys.path.insert(0, HERE)  # the bundled cvat_argo modules come first
 import numpy as np  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from cvat_argo.annotation_outputs import Thresholds, detections_to_shapes  # noqa: E402
-from cvat_argo.serving import load_detector  # noqa: E402
+from cvat_argo.inference.outputs import Thresholds, detections_to_shapes  # noqa: E402
+from cvat_argo.inference.serving import load_detector  # noqa: E402
 
 RUNTIME = {runtime!r}
 DEFAULT_THRESHOLD = {threshold!r}
@@ -271,8 +271,8 @@ def bundle(model_dir: Path, out: Path, *, name: str | None = None, runtime: str 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CvatArgoError(f"{model_dir} is not a folder: give the convert stage's output")
-    from .formats.label_map import read_labels_json
-    from .steps.common import build_output
+    from ..entry import build_output
+    from ..formats.label_map import read_labels_json
 
     labels = list(read_labels_json(model_dir / "labels.json")) if (model_dir / "labels.json").is_file() else []
 
@@ -322,6 +322,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .steps.common import run_step
+    from ..entry import run_step
 
     sys.exit(run_step(main))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import DatasetError
-from .suggest import unknown_name_message
+from ..errors import DatasetError
+from ..suggest import unknown_name_message
 
 
 class LabelMapping:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import CvatArgoError, DatasetError, TransientError
+from ..errors import CvatArgoError, DatasetError, TransientError
 
 EXPORT_FORMAT = "CVAT for images 1.1"
 # A frame counts as annotated, even without shapes, once a person finished or reviews its job.
