@@ -16,13 +16,13 @@ from pathlib import Path
 import boto3
 import pytest
 
+from cvat_argo.engines.artifacts import artifact_key
 from cvat_argo.errors import CvatArgoError, DatasetError, TransientError
 from cvat_argo.storage import store as store_module
 from cvat_argo.storage.store import (
     LocalStore,
     S3Store,
     Store,
-    artifact_key,
     fetch,
     minio_client,
     store_from_env,

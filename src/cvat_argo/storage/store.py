@@ -2,7 +2,7 @@
 
 Both engines and every step move artifacts through :class:`Store`, so a run behaves the same whether
 its artifacts live in ``/tmp/runs`` or in ``s3://bucket/prefix``. Keys follow
-``<prefix>/<run-id>/<stage>/<artifact>`` (:func:`artifact_key`) and artifacts are folders of objects,
+``<prefix>/<run-id>/<stage>/<artifact>`` (:func:`cvat_argo.engines.artifacts.artifact_key`) and artifacts are folders of objects,
 not tarballs, so a resumed training step can fetch one checkpoint without downloading the rest.
 
 Rules every backend keeps:
@@ -72,14 +72,6 @@ _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestT
 
 
 # --------------------------------------------------------------------------------------------- keys
-
-
-def artifact_key(prefix: str, run_id: str, stage: str, artifact: str) -> str:
-    """``<prefix>/<run-id>/<stage>/<artifact>``: the one key layout both engines use."""
-    for name, value in (("run id", run_id), ("stage", stage), ("artifact", artifact)):
-        if not value or "/" in value or value in (".", ".."):
-            raise CvatArgoError(f"artifact key: {name} {value!r} must be one non-empty path component")
-    return clean_key("/".join(part for part in (prefix, run_id, stage, artifact) if part))
 
 
 def clean_key(key: str) -> str:

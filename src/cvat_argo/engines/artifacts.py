@@ -1,0 +1,120 @@
+"""The artifact contract between stages: the one owner of keys, stage folders, file names and manifests.
+
+Every stage writes its outputs into one folder per artifact; the engines move those folders between
+stages under one key layout, ``<prefix>/<run-id>/<stage>/<artifact>``, on Argo (S3 artifacts) and
+locally (``<store>/<run-id>/<stage>/<artifact>``). The steps, the engines, the reports and the CVAT
+tools spell a stage name, an artifact name or a file name only through this module, so a rename is
+one edit and a reader finds the whole contract in one page.
+
+Manifests (``model.json`` and friends) are typed here too: the stage that writes one and the stages
+that read it share the same class, and a truncated or foreign file is one readable error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import CvatArgoError, DatasetError
+
+# ---- stages (the pipeline's names for them; the Argo task names and the run folder's sub-folders)
+CREATE_DATASET = "create-dataset"
+PULL_BASE_MODEL = "pull-base-model"
+TRAIN = "train"
+CONVERT = "convert"
+PRE_ANNOTATE = "pre-annotate"
+RECORD_STATUS = "record-status"  # the exit handler
+STAGE_NAMES = (CREATE_DATASET, PULL_BASE_MODEL, TRAIN, CONVERT, PRE_ANNOTATE)
+
+# ---- artifacts (one output folder each)
+DATASET = "dataset"  # create-dataset: TFRecord shards, label map, labels, the images to pre-annotate
+BASE_MODEL = "base-model"  # pull-base-model: the unpacked base checkpoint
+MODEL = "model"  # train: checkpoints, TensorBoard events, metrics
+EXPORTED = "exported"  # convert: SavedModel, TFLite, labels, model card
+ANNOTATIONS = "annotations"  # pre-annotate: CVAT XML, COCO JSON, summary
+STATUS = "status"  # record-status: status.json
+
+# ---- files inside the dataset artifact
+DATASET_SUMMARY = "dataset.json"
+LABELS = "labels.json"  # also in the exported model: the label names in class-id order
+LABEL_MAP = "label_map.pbtxt"
+UNANNOTATED = "unannotated.json"
+DATASET_PLOT = "dataset.png"
+STAGE_REPORT = "report.md"  # each artifact's own short report
+
+# ---- files inside the base-model, model and exported artifacts
+BASE_MODEL_MANIFEST = "base-model.json"
+MODEL_MANIFEST = "model.json"  # train: how to rebuild the model; convert: how to serve the export
+METRICS = "metrics.json"
+TRAINING_PLOT = "training.png"
+TRAIN_EVENTS = "train"  # TensorBoard event folders that training writes inside the model artifact
+VALIDATION_EVENTS = "validation"
+TFLITE_MANIFEST = "tflite.json"
+SAVED_MODEL_DIR = "saved_model"
+SELF_TEST = "self_test.json"
+MODEL_CARD = "model_card.md"
+
+# ---- files inside the annotations and status artifacts
+CVAT_XML = "annotations.xml"
+COCO_JSON = "coco.json"
+ANNOTATION_SUMMARY = "summary.json"
+SCORES_PLOT = "scores.png"
+STATUS_FILE = "status.json"
+
+# ---- files of a local run folder (``runs/<run-id>/``) and of each stage folder in it
+RUN_REQUEST = "request.json"
+RUN_REPORT = "report.md"
+RUN_REPORT_HTML = "report.html"
+PRE_ANNOTATIONS_GRID = "pre-annotations.png"
+QUICKSTART_SCORE = "quickstart-score.json"
+STAGE_MANIFEST = "manifest.json"
+STAGE_LOG = "log.txt"
+
+
+def artifact_key(prefix: str, run_id: str, stage: str, artifact: str) -> str:
+    """``<prefix>/<run-id>/<stage>/<artifact>``: where one artifact lives in the store, on every engine."""
+    from ..storage.store import clean_key
+
+    for name, value in (("run id", run_id), ("stage", stage), ("artifact", artifact)):
+        if not value or "/" in value or value in (".", ".."):
+            raise CvatArgoError(f"artifact key: {name} {value!r} must be one non-empty path component")
+    return clean_key("/".join(part for part in (prefix, run_id, stage, artifact) if part))
+
+
+def artifact_path(run_root: Path, stage: str, artifact: str) -> Path:
+    """The same layout under a local run folder: ``<run-root>/<stage>/<artifact>``."""
+    return run_root / stage / artifact
+
+
+def checkpoint_key(prefix: str, run_id: str) -> str:
+    """Where the train stage keeps its checkpoints while it runs, so that a retried pod resumes."""
+    return artifact_key(prefix, run_id, TRAIN, MODEL)
+
+
+def relative_link(stage: str, artifact: str, *files: str) -> str:
+    """A path relative to the run folder, for links in the run report (always ``/``-separated)."""
+    return str(PurePosixPath(stage, artifact, *files))
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A manifest's JSON; a missing, truncated or foreign file is one error naming it and ``what`` it is."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no {what} here") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: unreadable {what} ({exc})") from None
+
+
+def read_optional_json(path: Path) -> Any:
+    """A manifest's JSON, or None when the file is not there (a stage that did not run)."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def write_json(path: Path, document: Any, *, indent: int = 1) -> Path:
+    """Write a manifest through a temporary file and a rename, so a reader never sees half of one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(document, indent=indent) + "\n", encoding="utf-8")
+    partial.replace(path)
+    return path
