@@ -18,12 +18,12 @@ import pytest
 
 from cvat_argo.engines.artifacts import artifact_key
 from cvat_argo.errors import CvatArgoError, DatasetError, TransientError
-from cvat_argo.storage import store as store_module
+from cvat_argo.storage import fetch as fetch_module
+from cvat_argo.storage.fetch import fetch
 from cvat_argo.storage.store import (
     LocalStore,
     S3Store,
     Store,
-    fetch,
     minio_client,
     store_from_env,
     store_from_url,
@@ -305,7 +305,7 @@ def test_fetch_http_errors(http_server, tmp_path):  # noqa: F811
 def test_fetch_gs_reads_public_objects_over_https(http_server, tmp_path, monkeypatch):  # noqa: F811
     (http_server.root / "tf_model_garden").mkdir()
     (http_server.root / "tf_model_garden" / "ckpt.tar.gz").write_bytes(b"weights")
-    monkeypatch.setattr(store_module, "GCS_PUBLIC_ENDPOINT", http_server.url)
+    monkeypatch.setattr(fetch_module, "GCS_PUBLIC_ENDPOINT", http_server.url)
     assert fetch("gs://tf_model_garden/ckpt.tar.gz", tmp_path).read_bytes() == b"weights"
 
 

@@ -27,15 +27,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..engines import artifacts
 from ..entry import run_step
 from ..errors import DatasetError
 from ..request.catalog import entry_from_parameters
 from ..storage.archive import extract, is_archive
-from ..storage.store import Store, fetch, file_sha256, store_from_env
+from ..storage.digest import file_sha256
+from ..storage.fetch import fetch
+from ..storage.store import Store, store_from_env
 
 CACHE_PREFIX = "base-models"
 CHECKPOINT_DIR = "checkpoint"
-MANIFEST = "base-model.json"
 _CKPT_INDEX = re.compile(r"^(?P<prefix>.*?(?P<step>\d+))\.index$")
 _CKPT_PREFIX = re.compile(r"ckpt-\d+$")
 
@@ -124,7 +126,7 @@ def _unpack(local: Path, checkpoint_dir: Path, uri: str) -> Path:
 
 
 def _from_cache(store: Store | None, digest: str | None, out: Path) -> bool:
-    if store is None or not digest or not store.exists(f"{CACHE_PREFIX}/{digest}/{MANIFEST}"):
+    if store is None or not digest or not store.exists(f"{CACHE_PREFIX}/{digest}/{artifacts.BASE_MODEL_MANIFEST}"):
         return False
     store.get_dir(f"{CACHE_PREFIX}/{digest}", out)
     return True
@@ -141,11 +143,11 @@ def pull(model: str, model_spec: str, uri: str, sha256: str, out: Path, mirror: 
     if source is None:
         manifest = {"model": entry.name, "uri": None, "checkpoint": None, "modules": None,
                     "note": "the catalog names no base checkpoint: training starts from scratch"}
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        (out / artifacts.BASE_MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         return manifest
     source = mirrored(source, mirror)
     if _from_cache(store, expected, out):
-        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((out / artifacts.BASE_MODEL_MANIFEST).read_text(encoding="utf-8"))
         manifest["cached"] = True
         return manifest
     with tempfile.TemporaryDirectory(prefix="cvat-argo-pull-") as work:
@@ -160,8 +162,8 @@ def pull(model: str, model_spec: str, uri: str, sha256: str, out: Path, mirror: 
         "modules": entry.checkpoint.modules,
         "trained_on": entry.checkpoint.trained_on,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    if store is not None and not store.exists(f"{CACHE_PREFIX}/{digest}/{MANIFEST}"):
+    (out / artifacts.BASE_MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    if store is not None and not store.exists(f"{CACHE_PREFIX}/{digest}/{artifacts.BASE_MODEL_MANIFEST}"):
         store.put_dir(out, f"{CACHE_PREFIX}/{digest}")
     return {**manifest, "cached": False}
 

@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DatasetError
+from ..errors import ArchiveRefused, DatasetError
 
 DEFAULT_MAX_RATIO = 200.0
 DEFAULT_MAX_BYTES = 64 * 2**30
@@ -34,10 +34,6 @@ _CHUNK = 1 << 20
 _TAR_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 _FILTER_ERROR = getattr(tarfile, "FilterError", ())
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
-
-
-class ArchiveRefused(DatasetError):
-    """An archive member is unsafe or the archive is too large; nothing of it was kept."""
 
 
 def is_archive(path: Path) -> bool:
