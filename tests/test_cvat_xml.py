@@ -15,7 +15,8 @@ import pytest
 
 from cvat_argo.errors import DatasetError
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
-from cvat_argo.formats.cvat_xml import REFUSED_DECLARATIONS, CvatXmlReader, write_cvat_xml
+from cvat_argo.formats.cvat_xml.reader import REFUSED_DECLARATIONS, CvatXmlReader
+from cvat_argo.formats.cvat_xml.writer import write_cvat_xml
 from cvat_argo.formats.geometry import (
     box_area,
     clip_box,

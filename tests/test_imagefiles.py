@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvat_argo.data.imagefiles import ImageProblem, prepare_image, read_header
+from cvat_argo.data.imagefiles import prepare_image, read_header
+from cvat_argo.errors import ImageProblem
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -15,22 +15,16 @@ import struct
 import google_crc32c
 import pytest
 
+from cvat_argo.data.imagefiles import jpeg_size, png_size
 from cvat_argo.errors import DatasetError
-from cvat_argo.formats.tfrecord import (
-    BytesList,
-    FloatList,
-    Int64List,
+from cvat_argo.formats.tfrecord.detection import detection_example, encode_mask_png
+from cvat_argo.formats.tfrecord.example import BytesList, FloatList, Int64List, decode_example, encode_example
+from cvat_argo.formats.tfrecord.records import (
     ShardedWriter,
     TFRecordWriter,
-    decode_example,
-    detection_example,
-    encode_example,
-    encode_mask_png,
     frame_record,
-    jpeg_size,
     masked_crc32c,
     plan_shards,
-    png_size,
     read_records,
     shard_name,
 )

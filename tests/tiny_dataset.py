@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cvat_argo.formats.label_map import write_labels_json
-from cvat_argo.formats.tfrecord import ShardedWriter, detection_example, encode_mask_png
+from cvat_argo.formats.tfrecord.detection import detection_example, encode_mask_png
+from cvat_argo.formats.tfrecord.records import ShardedWriter
 
 LABELS = ("rectangle", "ellipse", "triangle")
 _COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (40, 80, 230)}

@@ -7,6 +7,9 @@ through unchanged unless TensorFlow's decoders would see something other than wh
 - EXIF orientation other than 1: CVAT displays the image rotated and its coordinates refer to the
   rotated image, but ``tf.io.decode_jpeg`` ignores EXIF, so the pixels are rotated once here;
 - CMYK or 12-bit JPEG, 16-bit PNG, and other formats (BMP, TIFF, WebP, GIF): converted once.
+
+This is the project's one JPEG/PNG header parser: :func:`jpeg_size` and :func:`png_size` give the
+stored frame size that the TFRecord writer checks each example against.
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import ImageProblem
+
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_U16 = struct.Struct(">H")
+_FRAME_HEADER = struct.Struct(">BHHB")  # precision, height, width, components
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _ORIENTATION_TAG = 0x0112
 _SWAPPED_ORIENTATIONS = {5, 6, 7, 8}  # rotated by 90 or 270 degrees: width and height swap
-
-
-class ImageProblem(ValueError):
-    """The bytes are not an image we can use; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,25 @@ def read_header(data: bytes) -> Header:
         raise ImageProblem(f"not a readable image ({exc})") from None
 
 
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, without decoding it."""
+    if not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR":
+        raise ImageProblem("not a PNG (no PNG signature and IHDR chunk)")
+    header = _png_header(data)
+    return header.width, header.height
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's SOF marker, as stored: EXIF orientation is NOT applied.
+
+    TensorFlow's ``decode_jpeg`` ignores EXIF orientation too, so this is the frame the model sees.
+    """
+    if not data.startswith(JPEG_MAGIC):
+        raise ImageProblem("not a JPEG (no FF D8 FF signature)")
+    header = _jpeg_header(data)
+    return header.width, header.height
+
+
 def _png_header(data: bytes) -> Header:
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise ImageProblem("truncated PNG header")
@@ -71,7 +93,10 @@ def _png_header(data: bytes) -> Header:
 
 
 def _jpeg_header(data: bytes) -> Header:
-    """Walk the JPEG segments up to the frame header; read EXIF orientation on the way."""
+    """Walk the JPEG segments up to the frame header; read EXIF orientation on the way.
+
+    Segments are read in place, not sliced out: this runs for every image of a dataset.
+    """
     position, orientation = 2, 1
     while position + 4 <= len(data):
         if data[position] != 0xFF:
@@ -83,14 +108,14 @@ def _jpeg_header(data: bytes) -> Header:
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             position += 2
             continue
-        length = struct.unpack(">H", data[position + 2:position + 4])[0]
-        segment = data[position + 4:position + 2 + length]
-        if marker == 0xE1 and segment.startswith(b"Exif\x00\x00"):
-            orientation = _exif_orientation(segment[6:]) or orientation
+        (length,) = _U16.unpack_from(data, position + 2)
+        start, end = position + 4, position + 2 + length  # the segment's payload: data[start:end]
+        if marker == 0xE1 and data.startswith(b"Exif\x00\x00", start, end):
+            orientation = _exif_orientation(data[start + 6:end]) or orientation
         elif marker in _SOF_MARKERS:
-            if len(segment) < 6:
+            if min(end, len(data)) - start < _FRAME_HEADER.size:
                 raise ImageProblem("truncated JPEG frame header")
-            precision, height, width, components = struct.unpack(">BHHB", segment[:6])
+            precision, height, width, components = _FRAME_HEADER.unpack_from(data, start)
             if not width or not height:
                 raise ImageProblem("JPEG with zero size")
             reason = None

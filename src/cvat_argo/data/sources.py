@@ -1,29 +1,53 @@
 """Finding the annotations and the image files of a CVAT export, wherever it came from.
 
 A source is a local folder or archive, an ``s3://`` object or prefix, or an ``https://`` URL; it is
-brought to local disk once (:func:`cvat_argo.storage.store.fetch`), archives are extracted safely, and the
-export's format is recognised: CVAT for images/video 1.1 (``annotations.xml``) or COCO 1.0
-(``annotations/instances_*.json``).
+brought to local disk once (:func:`cvat_argo.storage.fetch.fetch`), archives are extracted safely, and
+the export's format is recognised by walking :data:`FORMATS` in order: the first whose ``locate`` finds
+its annotation files wins, and its ``open`` gives a :class:`Reader`. The dataset stage and ``qc-report``
+see only :class:`Export` and :class:`Reader`, never a concrete reader class.
+
+Adding an annotation format is one entry in :data:`FORMATS`: a ``locate`` function that says whether a
+local path (a folder, or a single file) holds the format and where its annotation files and images are
+(a :class:`Located`, or None), and an ``open`` function that reads them into a reader with ``meta`` and
+``images()`` (see :class:`Reader`) and names the format as ``dataset.json`` will report it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 from ..errors import DatasetError
+from ..formats.annotations import ImageRecord, TaskMeta
+from ..formats.coco import EXPORT_PATTERN as COCO_EXPORT_PATTERN
 from ..formats.coco import CocoReader, find_coco_files
-from ..formats.cvat_xml import CvatXmlReader
+from ..formats.cvat_xml.common import EXPORT_XML
+from ..formats.cvat_xml.reader import CvatXmlReader
 from ..storage.archive import extract, is_archive
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
+class Reader(Protocol):
+    """What a stage needs from an annotation reader; the readers of ``formats/`` match it by shape."""
+
+    @property
+    def meta(self) -> TaskMeta:
+        """The task's labels in order (``meta.label_names``) and its number of images (``meta.size``)."""
+        ...
+
+    def images(self) -> Iterator[ImageRecord]:
+        """Every image with all its shapes, one at a time, from the first image on each call."""
+        ...
+
+
 @dataclass
 class Export:
     root: Path
-    reader: CvatXmlReader | CocoReader
+    reader: Reader
     format: str  # "cvat-images", "cvat-video" or "coco"
     locator: ImageLocator
 
@@ -57,10 +81,60 @@ class ImageLocator:
         return self._by_stem
 
 
+@dataclass(frozen=True)
+class Located:
+    """Where a format's ``locate`` found an export: its annotation files, its root, and where its images lie
+    (in the order the image names are looked up)."""
+
+    files: list[Path]
+    root: Path
+    image_roots: list[Path]
+
+
+class Format(NamedTuple):
+    """One annotation format an export can come in."""
+
+    name: str  # as CVAT's export menu names it
+    looks_for: str  # what ``locate`` looks for, as the error for an unrecognised export lists it
+    locate: Callable[[Path], Located | None]  # a local folder or file -> where the format's files are, or None
+    open: Callable[[Located], tuple[str, Reader]]  # -> (format as dataset.json names it, the reader)
+
+
+def _locate_cvat_xml(local: Path) -> Located | None:
+    xml = _find_xml(local) if local.is_dir() else (local if local.suffix == ".xml" else None)
+    if xml is None:
+        return None
+    return Located([xml], xml.parent, [xml.parent / "images", xml.parent])
+
+
+def _open_cvat_xml(found: Located) -> tuple[str, Reader]:
+    reader = CvatXmlReader(found.files[0])
+    return ("cvat-video" if reader.format == "video" else "cvat-images"), reader
+
+
+def _locate_coco(local: Path) -> Located | None:
+    files = find_coco_files(local)
+    if not files:
+        return None
+    base = files[0].parent.parent if files[0].parent.name == "annotations" else files[0].parent
+    subsets = [base / "images" / f.stem.removeprefix("instances_") for f in files]
+    return Located(files, base, [*subsets, base / "images", base])
+
+
+def _open_coco(found: Located) -> tuple[str, Reader]:
+    return "coco", CocoReader(found.files)
+
+
+FORMATS: tuple[Format, ...] = (
+    Format("CVAT for images/video 1.1", EXPORT_XML, _locate_cvat_xml, _open_cvat_xml),
+    Format("COCO 1.0", COCO_EXPORT_PATTERN, _locate_coco, _open_coco),
+)
+
+
 def open_export(source: str, work: Path) -> Export:
     """Fetch, extract and recognise an export. Raises DatasetError naming the source when it cannot."""
     if "://" in source:
-        from ..storage.store import fetch  # only here: minio and requests cost a local export 0.15 s of start-up
+        from ..storage.fetch import fetch  # only here: minio and requests cost a local export 0.15 s of start-up
 
         local = fetch(source, work / "download")
     else:
@@ -69,27 +143,18 @@ def open_export(source: str, work: Path) -> Export:
         local = extract(local, work / "export")
     elif not local.exists():
         raise DatasetError(f"dataset source {source} does not exist")
-    root = local if local.is_dir() else local.parent
-    xml = _find_xml(root) if local.is_dir() else (local if local.suffix == ".xml" else None)
-    if xml is not None:
-        reader = CvatXmlReader(xml)
-        base = xml.parent
-        fmt = "cvat-video" if reader.format == "video" else "cvat-images"
-        return Export(base, reader, fmt, ImageLocator([base / "images", base]))
-    coco_files = find_coco_files(local)
-    if coco_files:
-        base = coco_files[0].parent.parent if coco_files[0].parent.name == "annotations" else coco_files[0].parent
-        subsets = [base / "images" / f.stem.removeprefix("instances_") for f in coco_files]
-        return Export(base, CocoReader(coco_files), "coco", ImageLocator([*subsets, base / "images", base]))
-    raise DatasetError(
-        f"dataset source {source}: no annotations.xml (CVAT for images/video 1.1) or "
-        "annotations/instances_*.json (COCO 1.0) found; export the task with one of these formats"
-    )
+    for fmt in FORMATS:
+        found = fmt.locate(local)
+        if found is not None:
+            name, reader = fmt.open(found)
+            return Export(found.root, reader, name, ImageLocator(found.image_roots))
+    expected = " or ".join(f"{fmt.looks_for} ({fmt.name})" for fmt in FORMATS)
+    raise DatasetError(f"dataset source {source}: no {expected} found; export the task with one of these formats")
 
 
 def _find_xml(root: Path) -> Path | None:
     """``annotations.xml`` (CVAT), else the one ``<subset>.xml`` Datumaro writes, at the top or one level down."""
-    for pattern in ("annotations.xml", "*/annotations.xml", "*.xml"):
+    for pattern in (EXPORT_XML, f"*/{EXPORT_XML}", "*.xml"):
         found = sorted(root.glob(pattern))
         if len(found) > 1:
             listed = ", ".join(str(p.relative_to(root)) for p in found[:4])

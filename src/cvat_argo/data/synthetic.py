@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
-from ..formats.cvat_xml import write_cvat_xml
+from ..formats.cvat_xml.common import EXPORT_XML
+from ..formats.cvat_xml.writer import write_cvat_xml
 
 LABELS = (LabelSpec("square", "#e6194b", "rectangle"), LabelSpec("circle", "#3cb44b", "rectangle"),
           LabelSpec("triangle", "#4363d8", "polygon"))
@@ -109,7 +110,7 @@ def generate_task(
         meta = TaskMeta(labels=LABELS, name=name, size=images, mode="annotation", stop_frame=images - 1)
         staged = out_dir / f".{name}-annotations.xml"
         write_cvat_xml(staged, meta, visible)
-        archive.write(staged, "annotations.xml")
+        archive.write(staged, EXPORT_XML)
         staged.unlink()
     write_cvat_xml(truth, meta, records)
     return SyntheticTask(export=export, truth=truth, images=images, annotated=annotated_count, objects=objects)

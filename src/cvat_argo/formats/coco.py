@@ -16,12 +16,15 @@ from typing import Any
 from ..errors import DatasetError
 from .annotations import ImageRecord, LabelSpec, Shape, TaskMeta
 
+#: Where CVAT's "COCO 1.0" export keeps its annotation files (one per subset).
+EXPORT_PATTERN = "annotations/instances_*.json"
+
 
 def find_coco_files(root: Path) -> list[Path]:
     """``annotations/instances_*.json`` under root (or root itself when it is a .json file)."""
     if root.is_file():
         return [root] if root.suffix == ".json" else []
-    found = sorted(root.glob("annotations/instances_*.json")) or sorted(root.glob("*/annotations/instances_*.json"))
+    found = sorted(root.glob(EXPORT_PATTERN)) or sorted(root.glob(f"*/{EXPORT_PATTERN}"))
     return found
 
 
