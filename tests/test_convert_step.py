@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cvat_argo.engines import artifacts
 from cvat_argo.entry import run_step
-from cvat_argo.errors import CvatArgoError, DatasetError
+from cvat_argo.errors import ConvertError, CvatArgoError, DatasetError, SelfTestError, ServingError
+from cvat_argo.export import inputs, output, self_test, tflite
 from cvat_argo.inference import serving
 from cvat_argo.steps import convert
 from tiny_dataset import write_tiny_dataset
@@ -33,9 +35,9 @@ def ssd(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(ssd):
     """The trained Keras model from the newest checkpoint: what every export must reproduce."""
-    trained = convert.read_trained_model(ssd.model)
-    config = convert.load_export_config(trained, json.loads((ssd.converted / "model.json").read_text())["score_threshold"])
-    return config, trained, convert.ReferenceModel(config, trained.checkpoint)
+    trained = inputs.read_trained_model(ssd.model)
+    config = inputs.load_export_config(trained, json.loads((ssd.converted / "model.json").read_text())["score_threshold"])
+    return config, trained, self_test.ReferenceModel(config, trained.checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def odd_image(dataset: Path, height: int, width: int) -> np.ndarray:
     """A validation image stretched to a non-square size other than the model's 128 x 128 input."""
     from PIL import Image
 
-    _, image = convert.self_test_images(dataset, 1)[0]
+    _, image = self_test.self_test_images(dataset, 1)[0]
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 
 
@@ -66,7 +68,7 @@ def test_convert_writes_every_export_with_digests_and_a_model_card(ssd):
     assert not out.with_name(out.name + ".partial").exists()
     assert not list(out.glob("tflite-export-*"))  # the intermediate TFLite SavedModel is gone
     manifest = json.loads((out / "model.json").read_text())
-    assert manifest["format"] == convert.FORMAT and manifest["model"] == "ssd-mobilenet-v2-coco"
+    assert manifest["format"] == output.FORMAT and manifest["model"] == "ssd-mobilenet-v2-coco"
     assert manifest["labels"] == ["rectangle", "ellipse", "triangle"] and manifest["input_size"] == 128
     assert manifest["runtimes"] == ["tflite-fp32", "tflite-fp16", "saved_model"]
     assert manifest["tflite"]["available"] is True
@@ -94,11 +96,11 @@ def test_convert_writes_every_export_with_digests_and_a_model_card(ssd):
 
 @pytest.mark.slow
 def test_converting_again_replaces_our_previous_output_but_nothing_else(ssd, tmp_path):
-    convert.check_output_folder(ssd.converted)  # an earlier convert output may be replaced
+    output.check_output_folder(ssd.converted)  # an earlier convert output may be replaced
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(convert.ConvertError, match="refusing to overwrite"):
+    with pytest.raises(ConvertError, match="refusing to overwrite"):
         convert.run(ssd.model, ssd.dataset, foreign)
     assert (foreign / "notes.txt").read_text() == "mine"
 
@@ -139,14 +141,14 @@ def test_every_runtime_reproduces_the_trained_model(ssd, reference, detectors, r
     detector = detectors[runtime]
     assert detector.runtime == runtime and detector.labels == ("rectangle", "ellipse", "triangle")
     images = [odd_image(ssd.dataset, 150, 260), odd_image(ssd.dataset, 200, 90)] + [
-        image for _, image in convert.self_test_images(ssd.dataset, 2)]
+        image for _, image in self_test.self_test_images(ssd.dataset, 2)]
     found = detector.detect(images)
     compared = 0
     for image, got in zip(images, found, strict=True):
         assert got.boxes.dtype == np.float32 and got.classes.dtype == np.int32 and got.masks is None
         assert np.all(np.diff(got.scores) <= 0) and ((got.classes >= 1) & (got.classes <= 3)).all()
         want, candidates = keras.run(image)
-        result = convert.compare_runtime(config, runtime, want, candidates, got, image.shape[:2])
+        result = self_test.compare_runtime(config, runtime, want, candidates, got, image.shape[:2])
         assert result["ok"], result
         compared += result["matched"]
     assert compared >= 20  # the comparison compared something
@@ -197,18 +199,18 @@ def test_tflite_preprocessing_matches_tensorflow_resize(ssd):
 def test_self_test_catches_an_export_that_differs_from_the_checkpoint(ssd, reference, tmp_path):
     """Corrupt one weight of the reference model: every runtime now disagrees, and the stage fails."""
     config, trained, _ = reference
-    tampered = convert.ReferenceModel(config, trained.checkpoint)
+    tampered = self_test.ReferenceModel(config, trained.checkpoint)
     (bias,) = [weight for weight in tampered.model.head._classifier.weights if "bias" in weight.name]
     bias.assign(bias + np.linspace(-1.0, 1.0, bias.shape[0], dtype=np.float32))
-    images = convert.self_test_images(ssd.dataset, 2)
-    report = convert.self_test(config, trained, ssd.converted, images, ["tflite-fp32", "saved_model"], tampered)
+    images = self_test.self_test_images(ssd.dataset, 2)
+    report = self_test.self_test(config, trained, ssd.converted, images, ["tflite-fp32", "saved_model"], tampered)
     assert not report["ok"]
     failed = report["runtimes"]["saved_model"]["images"][0]
     assert failed["missing_in_export"] or failed["extra_in_export"]
     partial = tmp_path / "out.partial"
     partial.mkdir()
-    with pytest.raises(convert.SelfTestError, match=r"saved_model.*self_test.json"):
-        convert.check_self_test(report, partial)
+    with pytest.raises(SelfTestError, match=r"saved_model.*self_test.json"):
+        self_test.check_self_test(report, partial)
     assert json.loads((partial / "self_test.json").read_text())["ok"] is False
 
 
@@ -242,7 +244,7 @@ def fake_model(folder: Path, *, manifest: bool = True, params: bool = True, chec
 def test_an_incomplete_model_folder_is_named(tmp_path, missing, message):
     model = fake_model(tmp_path / "model", **{missing: False})
     dataset = write_tiny_dataset(tmp_path / "dataset", train=1, val=1)
-    with pytest.raises(convert.ConvertError, match=message) as error:
+    with pytest.raises(ConvertError, match=message) as error:
         convert.run(model, dataset, tmp_path / "out")
     assert str(tmp_path / "model") in str(error.value)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
@@ -250,7 +252,7 @@ def test_an_incomplete_model_folder_is_named(tmp_path, missing, message):
 
 def test_newest_checkpoint_is_by_step_number(tmp_path):
     model = fake_model(tmp_path / "model")
-    prefix, step = convert.newest_checkpoint(model)
+    prefix, step = inputs.newest_checkpoint(model)
     assert (prefix.name, step) == ("ckpt-10", 10)
 
 
@@ -270,29 +272,29 @@ def test_a_failed_tflite_export_process_fails_the_stage_with_its_error(tmp_path,
     """The TFLite export runs in a child process: its error reaches the log and the stage fails."""
     out = tmp_path / "out.partial"
     out.mkdir()
-    export = convert.TFLiteExportProcess(tmp_path / "no-model", out, 0.05)
-    with pytest.raises(convert.ConvertError, match=f"TFLite export .* failed with exit code {convert.ConvertError.exit_code}"):
+    export = tflite.TFLiteExportProcess(tmp_path / "no-model", out, 0.05)
+    with pytest.raises(ConvertError, match=f"TFLite export .* failed with exit code {ConvertError.exit_code}"):
         export.result()
     assert f"error: {tmp_path / 'no-model'}: the model folder does not exist" in capfd.readouterr().err
-    assert not (out / serving.TFLITE_JSON).exists()
+    assert not (out / artifacts.TFLITE_MANIFEST).exists()
 
 
 def test_load_detector_names_what_is_missing(tmp_path):
-    with pytest.raises(serving.ServingError, match="not a folder"):
+    with pytest.raises(ServingError, match="not a folder"):
         serving.load_detector(tmp_path / "nothing")
     folder = tmp_path / "converted"
     folder.mkdir()
-    with pytest.raises(serving.ServingError, match=r"model\.json is missing"):
+    with pytest.raises(ServingError, match=r"model\.json is missing"):
         serving.load_detector(folder)
-    (folder / "model.json").write_text(json.dumps({"format": convert.FORMAT, "runtimes": ["saved_model"]}))
-    with pytest.raises(serving.ServingError, match=r"labels\.json is missing"):
+    (folder / "model.json").write_text(json.dumps({"format": output.FORMAT, "runtimes": ["saved_model"]}))
+    with pytest.raises(ServingError, match=r"labels\.json is missing"):
         serving.load_detector(folder)
     shutil.copy(write_tiny_dataset(tmp_path / "dataset", train=1, val=1) / "labels.json", folder)
-    with pytest.raises(serving.ServingError, match=r"runtime tflite-fp32 is not available .* has: saved_model"):
+    with pytest.raises(ServingError, match=r"runtime tflite-fp32 is not available .* has: saved_model"):
         serving.load_detector(folder, "tflite")
-    with pytest.raises(serving.ServingError, match="unknown runtime 'onnx'"):
+    with pytest.raises(ServingError, match="unknown runtime 'onnx'"):
         serving.load_detector(folder, "onnx")
-    assert isinstance(serving.ServingError("x"), CvatArgoError)
+    assert isinstance(ServingError("x"), CvatArgoError)
 
 
 def test_numpy_resize_is_tensorflows_bilinear_on_a_known_case():
@@ -326,7 +328,7 @@ def test_rcnn_converts_to_saved_model_only_and_says_why_no_tflite(tmp_path_facto
     assert manifest["tflite"]["available"] is False and "two-stage" in manifest["tflite"]["reason"]
     assert not list(rcnn.converted.glob("*.tflite"))
     assert "No TFLite export: Faster R-CNN is a two-stage model" in (rcnn.converted / "model_card.md").read_text()
-    with pytest.raises(serving.ServingError, match=r"tflite-fp32 is not available.*two-stage"):
+    with pytest.raises(ServingError, match=r"tflite-fp32 is not available.*two-stage"):
         serving.load_detector(rcnn.converted, "tflite")
     detector = serving.load_detector(rcnn.converted)  # auto: the SavedModel
     assert detector.runtime == "saved_model"

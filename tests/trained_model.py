@@ -82,10 +82,10 @@ def sharpen_class_head(model_dir: Path, factor: float) -> Path:
     import tensorflow as tf
     from official.core import task_factory
 
-    from cvat_argo.steps import convert
+    from cvat_argo.export.inputs import read_trained_model
     from cvat_argo.training.experiment import load_config
 
-    trained = convert.read_trained_model(model_dir)
+    trained = read_trained_model(model_dir)
     config = load_config(trained.params_file, trained.entry.experiment)
     network = task_factory.get_task(config.task).build_model()
     tf.train.Checkpoint(model=network).read(str(trained.checkpoint)).expect_partial()

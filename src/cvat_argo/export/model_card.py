@@ -1,0 +1,67 @@
+"""The model card: a short Markdown page on what was trained, on what, how well, and what was exported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..engines import artifacts
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+def model_card(manifest: dict[str, Any], metrics: dict[str, Any], dataset: dict[str, Any],
+               test: dict[str, Any]) -> str:
+    lines = [f"# {manifest['model']}", "", f"Model Garden experiment `{manifest['experiment']}` "
+             f"({manifest['architecture']}), input {manifest['input_size']} x {manifest['input_size']} px, "
+             f"trained to step {manifest['source']['step']}.", "",
+             f"Arguments: `{manifest.get('arguments') or '(defaults)'}`", "",
+             "Labels: " + ", ".join(f"{i} {name}" for i, name in enumerate(manifest["labels"], 1)), ""]
+    images = dataset.get("images", {})
+    if images:
+        lines += ["## Dataset", "", "| split | images |", "|---|---:|"]
+        lines += [f"| {split} | {count} |" for split, count in images.items()] + [""]
+    final = metrics.get("final") or {}
+    lines += ["## Metrics (validation split)", ""]
+    if final:
+        lines += ["| metric | value |", "|---|---:|"] + [
+            f"| {key} | {value:.3f} |" for key, value in final.items() if isinstance(value, (int, float))]
+    else:
+        lines.append("No evaluation was recorded.")
+    if "training_seconds" in metrics:
+        lines += ["", f"Training took {metrics['training_seconds'] / 60:.1f} min "
+                      f"({metrics.get('total_steps', '?')} steps, global batch {metrics.get('global_batch', '?')})."]
+    lines += ["", "## Exports", "", "| file | size |", "|---|---:|"]
+    sizes: dict[str, int] = {}
+    for entry in manifest["exports"]:
+        top = entry["file"].split("/")[0]
+        sizes[top] = sizes.get(top, 0) + entry["bytes"]
+    lines += [f"| {name}{'/' if name == artifacts.SAVED_MODEL_DIR else ''} | {_human(size)} |"
+              for name, size in sizes.items()]
+    lines += ["", "Runtimes: " + ", ".join(f"`{r}`" for r in manifest["runtimes"]) + "."]
+    if not manifest["tflite"]["available"]:
+        lines += ["", f"No TFLite export: {manifest['tflite']['reason']}."]
+    lines += ["", "Boxes from every runtime are in the pixels of the image passed in; classes are 1-based label ids.",
+              "", "## Self-test", "", f"{len(test['images'])} validation images, the trained checkpoint against each "
+              f"export (detections scoring {test['score_floor']} or more):", "",
+              "| runtime | result | detections compared |", "|---|---|---:|"]
+    lines += [f"| {runtime} | {'ok' if item['ok'] else 'MISMATCH'} | {item['compared']} |"
+              for runtime, item in test["runtimes"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def optional_json(path: Path) -> dict[str, Any]:
+    """A summary the card shows when there is one: {} for a missing or unreadable file."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
