@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from annotate_fixtures import model_labels, trained_exported_model
+from cvat_argo.engines.artifacts import write_json
 from cvat_argo.errors import CvatArgoError
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
-from cvat_argo.formats.cvat_xml import write_cvat_xml
+from cvat_argo.formats.cvat_xml.writer import write_cvat_xml
 from cvat_argo.inference.outputs import (
     Tally,
     Thresholds,
@@ -24,7 +25,6 @@ from cvat_argo.inference.outputs import (
     mask_to_polygon,
     parse_thresholds,
     plot_scores,
-    write_json,
     write_report,
 )
 from cvat_argo.steps import annotate as step
@@ -393,7 +393,7 @@ def test_stage_keeps_scores_for_a_task_whose_labels_have_them(exported, dataset,
     out = tmp_path / "out"
     assert step.main(["--model", str(exported), "--dataset", str(dataset), "--out", str(out), "--task-meta",
                       str(tmp_path / "task.xml"), "--threshold", "0.0", "--threshold", f"{third}=0.5"]) == 0
-    from cvat_argo.formats.cvat_xml import CvatXmlReader
+    from cvat_argo.formats.cvat_xml.reader import CvatXmlReader
 
     reader = CvatXmlReader(out / "annotations.xml")
     assert reader.meta.label_names == (first, second, third, "person")  # the task's labels, in its order

@@ -234,7 +234,7 @@ def test_models_with_their_own_images_get_their_own_template(tmp_path):
     catalog_file.write_text("models:\n  - {name: custom, extends: frcnn-res50-coco, images: {train: reg/t:1}}\n")
     catalog = load_catalog(catalog_file, env={})
     request = TrainingRequest.create(task_id=1, model="custom", machine="gpu-2")
-    assert template_name(catalog.resolve(request)) == "cvat-argo-gpu-2-custom"
+    assert template_name(build_pipeline(catalog.resolve(request))) == "cvat-argo-gpu-2-custom"
     template = build_workflow_template(request, catalog).to_dict()
     train = next(t for t in template["spec"]["templates"] if t["name"] == "train")
     assert train["container"]["image"] == "reg/t:1"

@@ -72,8 +72,8 @@ def test_nas_needs_two_gpus_and_says_which_machines_have_them():
     [
         ("gpu-2", "num_clones=4", "num_clones=4 is more than the 2 GPUs of machine type gpu-2: pick one of gpu-4, gpu-8"),
         ("cpu", "num_clones=2", "num_clones=2 is more than the 0 GPUs of machine type cpu"),
-        ("gpu-4", "batch_size=6", "batch_size=6 cannot be split evenly over 4 GPUs (num_clones): use a multiple of 4"),
-        ("gpu-1", "input_size=300", "input_size=300 does not suit ssd-mobilenet-v2-coco: use a multiple of 128"),
+        ("gpu-4", "batch_size=6", "batch_size=6 cannot be split evenly over num_clones=4 GPUs: use a multiple of 4"),
+        ("gpu-1", "input_size=300", "input_size=300 is not a multiple of 128, which model ssd-mobilenet-v2-coco needs"),
     ],
 )
 def test_arguments_are_checked_against_machine_and_model(machine, args, message):
@@ -140,7 +140,7 @@ def test_catalog_file_from_the_environment(tmp_path):
         ("models:\n  - {name: x, extends: frcnn-res50-coco, input_siz: 512}\n",
          "models[0] (x): unknown field 'input_siz' (did you mean 'input_size'?)"),
         ("models:\n  - {name: x, extends: frcnn-res50-coco, input_size: 500}\n",
-         "models[0] (x): entry: input_size 500 is not a multiple of input_size_multiple 64"),
+         "models[0] (x): entry: input_size=500 is not a multiple of 64, which model x needs"),
         ("models:\n  - {name: x, extends: nope}\n", "models[0] (x): extends: unknown entry 'nope'"),
         ("models:\n  - {name: x, description: incomplete}\n", "models[0] (x): architecture: Field required"),
         ("models:\n  - {name: x, extends: frcnn-res50-coco, checkpoint: {uri: 'ftp://h/x'}}\n",

@@ -18,8 +18,9 @@ from PIL import Image
 from cvat_argo.cvat.server import connect, reviewed_frames
 from cvat_argo.entry import run_step
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
-from cvat_argo.formats.cvat_xml import write_cvat_xml
-from cvat_argo.formats.tfrecord import decode_example, read_records
+from cvat_argo.formats.cvat_xml.writer import write_cvat_xml
+from cvat_argo.formats.tfrecord.example import decode_example
+from cvat_argo.formats.tfrecord.records import read_records
 from cvat_argo.steps import dataset as step
 from fake_cvat_server import PASSWORD, USERNAME, FakeTask, cvat_server, job, label
 

@@ -18,8 +18,10 @@ from PIL import Image
 from cvat_argo.data.synthetic import generate_task
 from cvat_argo.errors import CvatArgoError, DatasetError
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
-from cvat_argo.formats.cvat_xml import CvatXmlReader, write_cvat_xml
-from cvat_argo.formats.tfrecord import decode_example, read_records
+from cvat_argo.formats.cvat_xml.reader import CvatXmlReader
+from cvat_argo.formats.cvat_xml.writer import write_cvat_xml
+from cvat_argo.formats.tfrecord.example import decode_example
+from cvat_argo.formats.tfrecord.records import read_records
 from cvat_argo.request.catalog import load_catalog
 from cvat_argo.steps import dataset as step
 from cvat_argo.storage.store import minio_client

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cvat_argo import TrainingRequest
-from cvat_argo.engines.images import STAGE_IMAGES
-from cvat_argo.engines.pipeline import PLACEHOLDER, RUN_FIELDS, STAGE_NAMES, TRANSIENT_EXIT_CODE, build_pipeline
+from cvat_argo.engines.artifacts import STAGE_NAMES
+from cvat_argo.engines.pipeline import PLACEHOLDER, RUN_FIELDS, TRANSIENT_EXIT_CODE, build_pipeline
 
 
 @pytest.fixture
@@ -100,4 +100,5 @@ def test_io_stages_retry_and_everything_has_a_deadline(pipeline):
 
 def test_stage_images_follow_the_catalog(pipeline):
     for stage in pipeline.stages:
-        assert stage.image.endswith(f"/cvat-argo-{STAGE_IMAGES[stage.name]}:0.1.0")
+        assert stage.image.endswith(f"/cvat-argo-{stage.image_name}:0.1.0")
+        assert stage.image == stage.default_image

@@ -18,9 +18,11 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .engines import artifacts
+from .entry import run_step
 from .errors import CvatArgoError
 from .quickstart import QUICKSTART_BATCH, QUICKSTART_EPOCHS
-from .request.catalog import Catalog, load_catalog
+from .request.catalog import Catalog, ResolvedRequest, load_catalog
 from .request.spec import DEFAULT_MACHINE, DEFAULT_OUTPUT_PREFIX, TrainingRequest
 
 DEFAULT_RENDER_DIR = Path("workflow_templates")
@@ -58,7 +60,8 @@ def _add_request_flags(parser: argparse.ArgumentParser, *, source_required: bool
     _add_catalog_flag(parser)
 
 
-def _request(ns: argparse.Namespace, catalog: Catalog, *, local: bool = False) -> TrainingRequest:
+def _request(ns: argparse.Namespace, catalog: Catalog, *, local: bool = False) -> ResolvedRequest:
+    """The request the flags describe, resolved once against the catalog (an impossible one is refused here)."""
     args = ns.args_file.read_text(encoding="utf-8") if ns.args_file else ns.args
     source = ns.source
     if local and source and "://" not in source:
@@ -75,8 +78,7 @@ def _request(ns: argparse.Namespace, catalog: Catalog, *, local: bool = False) -
         val_fraction=ns.val_fraction, output_prefix=ns.output_prefix, tensorboard=not ns.no_tensorboard,
         labels=labels,
     )
-    catalog.resolve(request)  # refuse an impossible request before anything else happens
-    return request
+    return catalog.resolve(request)
 
 
 def cmd_models(ns: argparse.Namespace) -> int:
@@ -174,7 +176,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
         if ns.install_template:
             objects.insert(0, workflow_template_for(pipeline).to_dict())
         sys.stdout.write(yamlio.dump_all(objects))
-        print(f"# dry run: nothing sent; the workflow uses WorkflowTemplate {template_name(pipeline.resolved)}",
+        print(f"# dry run: nothing sent; the workflow uses WorkflowTemplate {template_name(pipeline)}",
               file=sys.stderr)
         return 0
     connection = ArgoConnection.from_env(
@@ -204,7 +206,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
             raise CvatArgoError("give --source (a CVAT export) or --task-id, or --resume RUN_ID")
         request = _request(ns, catalog, local=True)
     run = local.run_locally(request, store=ns.store, run_id=ns.run_id, resume=ns.resume, catalog=catalog)
-    print(f"run {run.run_id} finished: report {run.root / 'report.md'}")
+    print(f"run {run.run_id} finished: report {run.root / artifacts.RUN_REPORT}")
     return 0
 
 
@@ -218,11 +220,10 @@ def cmd_quickstart(ns: argparse.Namespace) -> int:
     print(f"quickstart: a CVAT task export of {data.images} images, {data.annotated} annotated: {data.export}")
     request = quickstart.request_for(data, epochs=ns.epochs, batch_size=ns.batch_size, input_size=ns.input_size)
     run = local.run_locally(None if ns.resume else request, store=ns.store, run_id=ns.run_id, resume=ns.resume)
-    metrics = json.loads((run.root / "train" / "model" / "metrics.json").read_text(encoding="utf-8"))
-    score = quickstart.score_against_truth(run.root / "pre-annotate" / "annotations", data.truth)
-    (run.root / "quickstart-score.json").write_text(json.dumps({"validation": metrics.get("final", {}),
-                                                                "pre_annotations": score}, indent=1) + "\n",
-                                                    encoding="utf-8")
+    metrics = artifacts.read_json(run.artifact(artifacts.MODEL) / artifacts.METRICS, "training metrics")
+    score = quickstart.score_against_truth(run.artifact(artifacts.ANNOTATIONS), data.truth)
+    artifacts.write_json(run.root / artifacts.QUICKSTART_SCORE,
+                         {"validation": metrics.get("final", {}), "pre_annotations": score})
     write_run_report(run)  # again, with the score
     final = metrics.get("final", {})
     print(f"quickstart finished in {(time.monotonic() - started) / 60:.1f} min: validation AP50 "
@@ -322,21 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _dispatch(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:  # argparse would eat their --help
         ns = argparse.Namespace(func=_delegate(DELEGATED[argv[0]]), rest=argv[1:])
     else:
         ns = parser.parse_args(argv)
-    try:
-        return ns.func(ns)
-    except CvatArgoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return ns.func(ns)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry: errors a user can fix print one line and exit with their code, as in every step."""
+    return run_step(_dispatch, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What every step shares: readable errors and the exit codes the engines act on."""
+"""What every entry point shares (the CLI and each step's ``main``): one-line errors, exit codes, outputs."""
 
 from __future__ import annotations
 

@@ -44,6 +44,34 @@ class DatasetError(CvatArgoError, ValueError):
     exit_code = 4
 
 
+class ImageProblem(DatasetError):
+    """The bytes are not an image we can use; the message says why (the dataset stage skips such images)."""
+
+
+class ArchiveRefused(DatasetError):
+    """An archive member is unsafe or the archive is too large; nothing of it was kept."""
+
+
+class ServingError(CvatArgoError):
+    """A converted model folder is incomplete, or a runtime it does not have was asked for."""
+
+
+class StageFailed(CvatArgoError):
+    """A stage of a local run failed; the message names it, its exit code, its log's tail and path."""
+
+    exit_code = 1
+
+
+class ConvertError(CvatArgoError):
+    """The model or dataset folder cannot be converted: names the file at fault."""
+
+
+class SelfTestError(CvatArgoError):
+    """An export does not reproduce the trained model's detections."""
+
+    exit_code = 5
+
+
 class TransientError(CvatArgoError):
     """A failure worth retrying (network, 5xx): steps exit with TRANSIENT_EXIT_CODE (75) for it."""
 

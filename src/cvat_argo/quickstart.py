@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.synthetic import generate_task
+from .engines import artifacts
 from .request.spec import TrainingRequest
 
 QUICKSTART_MODEL = "ssd-mobilenet-v2-small"
@@ -62,9 +63,9 @@ def score_against_truth(annotations_dir: Path, truth_xml: Path) -> dict[str, Any
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from .formats.cvat_xml import CvatXmlReader
+    from .formats.cvat_xml.reader import CvatXmlReader
 
-    predicted = json.loads((annotations_dir / "coco.json").read_text(encoding="utf-8"))
+    predicted = json.loads((annotations_dir / artifacts.COCO_JSON).read_text(encoding="utf-8"))
     categories = {c["name"]: c["id"] for c in predicted["categories"]}
     by_name = {record.name: record for record in CvatXmlReader(truth_xml).images()}
     ground_truth: dict[str, Any] = {"images": [], "annotations": [], "categories": predicted["categories"]}

@@ -35,6 +35,7 @@ from ..inference.outputs import DEFAULT_THRESHOLD, Thresholds, detections_to_sha
 
 MODEL_ENV = "CVAT_ARGO_MODEL"
 CACHE_ENV = "CVAT_ARGO_CACHE"
+CACHED_MODEL = "model"  # the folder inside each cache entry (<cache>/<hash of the URI>/model)
 
 
 def cache_root() -> Path:
@@ -50,23 +51,25 @@ def local_model(model: str) -> Path:
         if not path.is_dir():
             raise CvatArgoError(f"model {model} is not a folder: give the convert stage's output (local or s3://)")
         return path
-    from ..storage.store import fetch
+    from ..storage.fetch import fetch
 
     folder = cache_root() / hashlib.sha256(model.rstrip("/").encode()).hexdigest()[:16]
-    done = folder / ".complete"
+    done, cached = folder / ".complete", folder / CACHED_MODEL
     if not done.is_file():
         shutil.rmtree(folder, ignore_errors=True)
         fetched = fetch(model.rstrip("/"), folder / "download", progress=False)
-        fetched.rename(folder / "model")
+        fetched.rename(cached)
         shutil.rmtree(folder / "download", ignore_errors=True)
         done.write_text(model + "\n", encoding="utf-8")
-    return folder / "model"
+    return cached
 
 
 def _has_masks(detector: Any) -> bool:
     import json
 
-    manifest = Path(getattr(detector, "model_dir", "")) / "model.json"
+    from ..engines import artifacts
+
+    manifest = Path(getattr(detector, "model_dir", "")) / artifacts.MODEL_MANIFEST
     if not manifest.is_file():
         return False
     try:

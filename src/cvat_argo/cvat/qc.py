@@ -19,7 +19,6 @@ hold at least one machine shape. Writes ``qc.json``, ``qc.md`` and ``qc.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engines import artifacts
 from ..errors import DatasetError
 from ..formats.annotations import Box, ImageRecord, Shape
 
@@ -242,7 +242,8 @@ def read_predictions(path: Path) -> dict[str, ImageRecord]:
     """Our predictions by image name: the pre-annotate output folder (its coco.json, which always has
     the scores), a ``coco.json``, or an ``annotations.xml`` (scores only where the labels have one)."""
     if path.is_dir():
-        path = path / "coco.json" if (path / "coco.json").is_file() else path / "annotations.xml"
+        coco = path / artifacts.COCO_JSON
+        path = coco if coco.is_file() else path / artifacts.CVAT_XML
     if not path.is_file():
         raise DatasetError(f"--predictions {path} does not exist: give the pre-annotate output folder, its "
                            "coco.json or its annotations.xml")
@@ -251,7 +252,7 @@ def read_predictions(path: Path) -> dict[str, ImageRecord]:
 
         reader: Any = CocoReader([path])
     else:
-        from ..formats.cvat_xml import CvatXmlReader
+        from ..formats.cvat_xml.reader import CvatXmlReader
 
         reader = CvatXmlReader(path)
     return {record.name: record for record in reader.images()}
@@ -268,9 +269,9 @@ def qc_report(export: str, out: Path, predictions: Path | None = None, min_iou: 
                            + ": export the task the pre-annotations went to, as CVAT for images 1.1")
     document = report_document(result, predictions is not None, export)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "qc.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    write_markdown(out / "qc.md", document)
-    plot(out / "qc.png", document)
+    artifacts.write_json(out / artifacts.QC_JSON, document)
+    write_markdown(out / artifacts.QC_MARKDOWN, document)
+    plot(out / artifacts.QC_PLOT, document)
     return document
 
 

@@ -48,7 +48,7 @@ from .. import __version__
 from ..errors import RequestError
 from ..request.catalog import Catalog, ResolvedRequest
 from ..request.spec import TrainingRequest
-from .images import default_stage_images
+from . import artifacts
 from .pipeline import PLACEHOLDER, TRANSIENT_EXIT_CODE, Pipeline, Stage, build_pipeline
 
 IN_DIR = "/mnt/in"
@@ -61,6 +61,7 @@ RETRY_EXPRESSION = (
     f'lastRetry.status == "Error" or '
     f'(lastRetry.status == "Failed" and asInt(lastRetry.exitCode) == {TRANSIENT_EXIT_CODE})'
 )
+PREFIX_VARIABLE = "{{workflow.parameters.output-prefix}}"
 _RUN_VARIABLES = {"name": "{{workflow.name}}", "status": "{{workflow.status}}", "failures": "{{workflow.failures}}"}
 
 APP_LABELS = {
@@ -78,11 +79,11 @@ POD_GC = PodGC(strategy="OnPodSuccess")  # failed pods stay for `kubectl logs` u
 TTL = TTLStrategy(seconds_after_success=3 * 24 * 3600, seconds_after_failure=7 * 24 * 3600)
 
 
-def template_name(resolved: ResolvedRequest) -> str:
+def template_name(pipeline: Pipeline) -> str:
     """``cvat-argo-<machine>``; a model with images of its own gets a template of its own."""
+    resolved = pipeline.resolved
     name = f"cvat-argo-{resolved.machine.name}"
-    defaults = default_stage_images()
-    if any(resolved.model.stage_image(stage, defaults) != image for stage, image in defaults.items()):
+    if pipeline.own_images:
         name += f"-{resolved.model.name}"
     return name
 
@@ -108,7 +109,8 @@ def container_args(stage: Stage) -> list[str]:
 
 
 def artifact_key(stage: Stage, artifact: str) -> str:
-    return f"{{{{workflow.parameters.output-prefix}}}}/{{{{workflow.name}}}}/{stage.name}/{artifact}"
+    """The artifact's key with Argo's variables for the prefix and the run (the workflow's name)."""
+    return artifacts.artifact_key(PREFIX_VARIABLE, _RUN_VARIABLES["name"], stage.name, artifact)
 
 
 def _env(stage: Stage) -> list[SecretEnv | ConfigMapEnv]:
@@ -208,11 +210,12 @@ def _dag(pipeline: Pipeline, containers: dict[str, Container]) -> DAG:
     return DAG(name=ENTRYPOINT, tasks=tasks)
 
 
-def cluster_pipeline(request: TrainingRequest, catalog: Catalog | None = None) -> Pipeline:
+def cluster_pipeline(request: TrainingRequest | ResolvedRequest, catalog: Catalog | None = None) -> Pipeline:
     """The request's pipeline, refusing what a cluster cannot run (a dataset on this machine's disk)."""
-    if request.source.kind == "path":
+    source = (request.request if isinstance(request, ResolvedRequest) else request).source
+    if source.kind == "path":
         raise RequestError(
-            f"dataset source {request.source.uri!r} is a local path, which the cluster cannot read: upload the "
+            f"dataset source {source.uri!r} is a local path, which the cluster cannot read: upload the "
             "export (s3://bucket/key or an https:// URL) or use a CVAT task id; or run it here with "
             "`python -m cvat_argo run`"
         )
@@ -231,7 +234,7 @@ def workflow_template_for(pipeline: Pipeline) -> WorkflowTemplate:
     containers = {s.name: stage_container(s, tensorboard=request.tensorboard) for s in pipeline.all_stages()}
     total_deadline = sum(s.deadline_seconds for s in pipeline.stages)
     return WorkflowTemplate(
-        name=template_name(resolved),
+        name=template_name(pipeline),
         labels={**APP_LABELS, MACHINE_LABEL: resolved.machine.name},
         annotations={
             "workflows.argoproj.io/description": (
@@ -276,7 +279,7 @@ def workflow_for(pipeline: Pipeline) -> Workflow:
     return Workflow(
         generate_name=workflow_generate_name(resolved),
         labels=labels,
-        workflow_template_ref=WorkflowTemplateRef(name=template_name(resolved)),
+        workflow_template_ref=WorkflowTemplateRef(name=template_name(pipeline)),
         arguments=[Parameter(name=name, value=value) for name, value in pipeline.parameter_values().items()],
     )
 

@@ -12,11 +12,14 @@ that read it share the same class, and a truncated or foreign file is one readab
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import CvatArgoError, DatasetError
+from ..storage.keys import clean_key
 
 # ---- stages (the pipeline's names for them; the Argo task names and the run folder's sub-folders)
 CREATE_DATASET = "create-dataset"
@@ -46,12 +49,14 @@ STAGE_REPORT = "report.md"  # each artifact's own short report
 # ---- files inside the base-model, model and exported artifacts
 BASE_MODEL_MANIFEST = "base-model.json"
 MODEL_MANIFEST = "model.json"  # train: how to rebuild the model; convert: how to serve the export
+MODEL_PARAMS = "params.yaml"  # Model Garden's experiment config, as training ran it
 METRICS = "metrics.json"
 TRAINING_PLOT = "training.png"
 TRAIN_EVENTS = "train"  # TensorBoard event folders that training writes inside the model artifact
 VALIDATION_EVENTS = "validation"
 TFLITE_MANIFEST = "tflite.json"
 SAVED_MODEL_DIR = "saved_model"
+TFLITE_FILES = {"tflite-fp32": "model_fp32.tflite", "tflite-fp16": "model_fp16.tflite"}  # runtime -> file
 SELF_TEST = "self_test.json"
 MODEL_CARD = "model_card.md"
 
@@ -61,6 +66,11 @@ COCO_JSON = "coco.json"
 ANNOTATION_SUMMARY = "summary.json"
 SCORES_PLOT = "scores.png"
 STATUS_FILE = "status.json"
+
+# ---- files qc-report writes (after people reviewed the pre-annotations in CVAT)
+QC_JSON = "qc.json"
+QC_MARKDOWN = "qc.md"
+QC_PLOT = "qc.png"
 
 # ---- files of a local run folder (``runs/<run-id>/``) and of each stage folder in it
 RUN_REQUEST = "request.json"
@@ -74,8 +84,6 @@ STAGE_LOG = "log.txt"
 
 def artifact_key(prefix: str, run_id: str, stage: str, artifact: str) -> str:
     """``<prefix>/<run-id>/<stage>/<artifact>``: where one artifact lives in the store, on every engine."""
-    from ..storage.store import clean_key
-
     for name, value in (("run id", run_id), ("stage", stage), ("artifact", artifact)):
         if not value or "/" in value or value in (".", ".."):
             raise CvatArgoError(f"artifact key: {name} {value!r} must be one non-empty path component")
@@ -118,3 +126,39 @@ def write_json(path: Path, document: Any, *, indent: int = 1) -> Path:
     partial.write_text(json.dumps(document, indent=indent) + "\n", encoding="utf-8")
     partial.replace(path)
     return path
+
+
+_Manifest = TypeVar("_Manifest")
+
+
+def _read_manifest(kind: type[_Manifest], path: Path, what: str) -> _Manifest:
+    """A manifest dataclass from its JSON; a missing field or a foreign file is one error naming both."""
+    document = read_json(path, what)
+    if not isinstance(document, dict):
+        raise DatasetError(f"{path}: not a {what} (a JSON object was expected)")
+    fields = dataclasses.fields(kind)  # type: ignore[arg-type]
+    missing = [f.name for f in fields if f.name not in document
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise DatasetError(f"{path}: {what} lacks {', '.join(missing)}")
+    return kind(**{f.name: document[f.name] for f in fields if f.name in document})
+
+
+@dataclass(frozen=True)
+class TrainedModelManifest:
+    """``model/model.json``, written by train: what convert needs to rebuild the trained model."""
+
+    model: str  # catalog name
+    model_spec: dict[str, Any]  # the catalog entry, as JSON (its experiment, backbone, ...)
+    experiment: str  # the Model Garden experiment the config started from
+    labels: list[str]  # label names in class-id order (1..N)
+    input_size: int
+    num_classes: int  # labels + background
+    arguments: str = ""  # the training arguments as given (epochs=...,batch_size=...)
+
+    def write(self, model_dir: Path) -> Path:
+        return write_json(model_dir / MODEL_MANIFEST, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, model_dir: Path) -> TrainedModelManifest:
+        return _read_manifest(cls, model_dir / MODEL_MANIFEST, "trained model manifest")

@@ -1,8 +1,9 @@
 """Container images of the pipeline's stages: one image per stage, all from one registry and tag.
 
 The defaults are ``ghcr.io/cvat-argo/cvat-argo-<image>:<package version>``, built from
-``containers/<image>/Dockerfile``. ``CVAT_ARGO_IMAGE_REGISTRY`` moves them all to another registry
-(a private mirror); a catalog entry may name other images for its own model.
+``containers/<image>/Dockerfile``; each stage of :mod:`cvat_argo.engines.pipeline` names its image.
+``CVAT_ARGO_IMAGE_REGISTRY`` moves them all to another registry (a private mirror); a catalog entry
+may name other images for its own model.
 """
 
 from __future__ import annotations
@@ -14,14 +15,6 @@ from .. import __version__
 DEFAULT_REGISTRY = "ghcr.io/cvat-argo"
 REGISTRY_ENV = "CVAT_ARGO_IMAGE_REGISTRY"
 
-# stage name -> image name (the folder under containers/)
-STAGE_IMAGES: dict[str, str] = {
-    "create-dataset": "dataset",
-    "pull-base-model": "pull",
-    "train": "train",
-    "convert": "convert",
-    "pre-annotate": "annotate",
-}
 # The exit handler only writes a small JSON file: the light pull image has all it needs.
 EXIT_HANDLER_IMAGE = "pull"
 
@@ -31,6 +24,3 @@ def image_reference(image: str, registry: str | None = None, tag: str = __versio
     registry = (registry or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY).rstrip("/")
     return f"{registry}/cvat-argo-{image}:{tag}"
 
-
-def default_stage_images(registry: str | None = None) -> dict[str, str]:
-    return {stage: image_reference(image, registry) for stage, image in STAGE_IMAGES.items()}

@@ -29,21 +29,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import CvatArgoError
-from ..request.catalog import Catalog
+from ..errors import CvatArgoError, StageFailed
+from ..request.catalog import Catalog, ResolvedRequest, resolve_request
 from ..request.spec import TrainingRequest
-from ..storage.store import S3Store, file_sha256, store_from_url
+from ..storage.digest import file_sha256
+from ..storage.store import S3Store, store_from_url
+from . import artifacts
 from .pipeline import PLACEHOLDER, TRANSIENT_EXIT_CODE, Pipeline, Stage, build_pipeline
 
-MANIFEST = "manifest.json"
-LOG = "log.txt"
-REQUEST = "request.json"
-RESUMABLE_STAGES = ("train",)  # keep a half-finished output: the step continues from its checkpoints
 TAIL_LINES = 20
-
-
-class StageFailed(CvatArgoError):
-    exit_code = 1
 
 
 @dataclass
@@ -70,11 +64,19 @@ class LocalRun:
         return self.root / stage
 
     def output_path(self, stage: Stage, artifact: str) -> Path:
-        return self.stage_dir(stage.name) / artifact
+        return artifacts.artifact_path(self.root, stage.name, artifact)
 
     def input_path(self, stage: Stage, name: str) -> Path:
         source = next(a for a in stage.inputs if a.name == name)
-        return self.stage_dir(source.stage) / source.artifact
+        return artifacts.artifact_path(self.root, source.stage, source.artifact)
+
+    def artifact(self, artifact: str) -> Path:
+        """Where the stage that produces ``artifact`` writes it in this run folder."""
+        return self.output_path(self.pipeline.producer(artifact), artifact)
+
+    def artifact_link(self, artifact: str, *files: str) -> str:
+        """A file of ``artifact`` relative to the run folder, for links in the run's report."""
+        return artifacts.relative_link(self.pipeline.producer(artifact).name, artifact, *files)
 
     def resolve(self, stage: Stage, status: str = "Running", failures: str = "") -> list[str]:
         """The stage's command with this run's values and paths in place of the placeholders."""
@@ -96,6 +98,7 @@ class LocalRun:
 
 
 def new_run_id(request: TrainingRequest) -> str:
+    """``<model>-<UTC time>-<4 hex>``: sortable by time, unique enough for one store."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{request.model}-{stamp}-{secrets.token_hex(2)}"
 
@@ -110,15 +113,18 @@ def write_manifest(run: LocalRun, stage: Stage, seconds: float) -> None:
                 "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     manifest = {"stage": stage.name, "seconds": round(seconds, 1), "files": files,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    (run.stage_dir(stage.name) / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    artifacts.write_json(run.stage_dir(stage.name) / artifacts.STAGE_MANIFEST, manifest)
 
 
 def manifest_problem(run: LocalRun, stage: Stage) -> str | None:
     """Why a stage's finished outputs cannot be reused; None when every file still matches."""
-    path = run.stage_dir(stage.name) / MANIFEST
+    path = run.stage_dir(stage.name) / artifacts.STAGE_MANIFEST
     if not path.exists():
         return "not finished"
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = artifacts.read_json(path, "stage manifest")
+    except CvatArgoError:
+        return f"{artifacts.STAGE_MANIFEST} is unreadable"
     for relative, expected in manifest["files"].items():
         file = run.stage_dir(stage.name) / relative
         if not file.is_file():
@@ -138,7 +144,7 @@ class StageProcess:
         self.env = dict(env)
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.last_line = ""
-        self.log_path = run.stage_dir(stage.name) / LOG
+        self.log_path = run.stage_dir(stage.name) / artifacts.STAGE_LOG
 
     def execute(self) -> int:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +214,7 @@ def _upload(run: LocalRun, stage: Stage) -> None:
     if not isinstance(store, S3Store):
         return
     for artifact in stage.outputs:
-        key = f"{run.run_id}/{stage.name}/{artifact}"
+        key = artifacts.artifact_key("", run.run_id, stage.name, artifact)
         local = run.output_path(stage, artifact)
         if local.is_dir():
             store.put_dir(local, key, overwrite=True)
@@ -219,10 +225,10 @@ def _upload(run: LocalRun, stage: Stage) -> None:
 def _run_stage(run: LocalRun, stage: Stage, env: Mapping[str, str], reporter: Reporter,
                running: dict[str, tuple[StageProcess, float]]) -> StageResult:
     outputs = [run.output_path(stage, a) for a in stage.outputs]
-    if stage.name not in RESUMABLE_STAGES:
+    if not stage.resumable:
         for path in outputs:  # an unfinished earlier attempt: not an output anyone relies on
             shutil.rmtree(path, ignore_errors=True)
-    (run.stage_dir(stage.name) / MANIFEST).unlink(missing_ok=True)
+    (run.stage_dir(stage.name) / artifacts.STAGE_MANIFEST).unlink(missing_ok=True)
     limit = stage.retry.limit if stage.retry else 0
     started = time.monotonic()
     attempt = 0
@@ -241,7 +247,7 @@ def _run_stage(run: LocalRun, stage: Stage, env: Mapping[str, str], reporter: Re
             wait = min(2 ** attempt, 30)
             reporter.say(f"{stage.name}: transient failure (exit {code}), retry {attempt}/{limit} in {wait} s")
             time.sleep(wait)
-            if stage.name not in RESUMABLE_STAGES:
+            if not stage.resumable:
                 for path in outputs:
                     shutil.rmtree(path, ignore_errors=True)
             continue
@@ -316,19 +322,21 @@ def _exit_step(run: LocalRun, env: Mapping[str, str], done: Mapping[str, StageRe
 
 def failure_message(run: LocalRun, result: StageResult) -> str:
     tail = "\n".join(f"    {line}" for line in result.tail)
-    log = run.stage_dir(result.name) / LOG
+    log = run.stage_dir(result.name) / artifacts.STAGE_LOG
     return (f"stage {result.name} failed with exit code {result.exit_code} after {result.attempts} attempt(s); "
             f"last lines of its log:\n{tail}\nfull log: {log}\n"
             f"finished stages are kept; continue with: python -m cvat_argo run --resume {run.run_id}")
 
 
-def prepare(request: TrainingRequest, *, store: str = "runs", run_id: str | None = None,
+def prepare(request: TrainingRequest | ResolvedRequest, *, store: str = "runs", run_id: str | None = None,
             catalog: Catalog | None = None) -> LocalRun:
-    pipeline = build_pipeline(request, catalog)
-    run_id = run_id or new_run_id(request)
+    resolved = resolve_request(request, catalog)
+    pipeline = build_pipeline(resolved)
+    run_id = run_id or new_run_id(resolved.request)
     root = _run_root(store, run_id)
     root.mkdir(parents=True, exist_ok=True)
-    (root / REQUEST).write_text(request.model_dump_json(indent=1) + "\n", encoding="utf-8")
+    saved = root / artifacts.RUN_REQUEST
+    saved.write_text(resolved.request.model_dump_json(indent=1) + "\n", encoding="utf-8")
     return LocalRun(run_id=run_id, root=root, pipeline=pipeline, store_url=store)
 
 
@@ -340,9 +348,10 @@ def _run_root(store: str, run_id: str) -> Path:
 
 def reopen(run_id: str, *, store: str = "runs", catalog: Catalog | None = None) -> LocalRun:
     root = _run_root(store, run_id)
-    saved = root / REQUEST
+    saved = root / artifacts.RUN_REQUEST
     if not saved.exists():
-        raise CvatArgoError(f"no run {run_id} in {root.parent} (no {REQUEST}): check the run id and --store")
+        raise CvatArgoError(
+            f"no run {run_id} in {root.parent} (no {artifacts.RUN_REQUEST}): check the run id and --store")
     request = TrainingRequest.model_validate_json(saved.read_text(encoding="utf-8"))
     return LocalRun(run_id=run_id, root=root, pipeline=build_pipeline(request, catalog), store_url=store)
 
@@ -352,8 +361,8 @@ def summary_of(run: LocalRun) -> dict[str, Any]:
             for name, r in run.results.items()}
 
 
-def run_locally(request: TrainingRequest | None = None, *, store: str = "runs", run_id: str | None = None,
-                resume: str | None = None, catalog: Catalog | None = None) -> LocalRun:
+def run_locally(request: TrainingRequest | ResolvedRequest | None = None, *, store: str = "runs",
+                run_id: str | None = None, resume: str | None = None, catalog: Catalog | None = None) -> LocalRun:
     """Run a request (or ``resume`` a run) here, write its report; raise :class:`StageFailed` on a failed stage.
 
     The notebook entry point: ``run = cvat_argo.run_locally(request)``, then read ``run.root``.

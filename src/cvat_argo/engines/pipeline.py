@@ -19,20 +19,19 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..request.catalog import Catalog, ResolvedRequest, load_catalog
+from ..errors import TransientError
+from ..request.catalog import Catalog, ResolvedRequest, resolve_request
 from ..request.machines import Toleration
 from ..request.spec import TrainingRequest
-from .images import EXIT_HANDLER_IMAGE, default_stage_images, image_reference
+from . import artifacts as a
+from .images import EXIT_HANDLER_IMAGE, image_reference
 
-# A step exits with this code (EX_TEMPFAIL) when it failed on something worth retrying: a network
-# error, a 5xx from S3 or CVAT. Any other non-zero code is a permanent failure and is not retried.
-TRANSIENT_EXIT_CODE = 75
+#: A step exits with this code (EX_TEMPFAIL) when it failed on something worth retrying: a network
+#: error, a 5xx from S3 or CVAT. Any other non-zero code is a permanent failure and is not retried.
+TRANSIENT_EXIT_CODE = TransientError.exit_code
 
 PLACEHOLDER = re.compile(r"\{(param|input|output|run):([a-z0-9-]+)\}")
 RUN_FIELDS = ("name", "status", "failures")
-
-STAGE_NAMES = ("create-dataset", "pull-base-model", "train", "convert", "pre-annotate")
-EXIT_STAGE_NAME = "record-status"
 
 
 @dataclass(frozen=True)
@@ -94,10 +93,13 @@ class Retry:
 
 @dataclass(frozen=True)
 class Stage:
+    """One step of the pipeline: everything an engine needs to know about it, and nothing engine-specific."""
+
     name: str
     module: str
     description: str
-    image: str
+    image_name: str  # the folder under containers/ that builds the stage's default image
+    image: str  # the image reference the stage runs (the default, or the model's own)
     args: tuple[str, ...]
     resources: Resources
     deadline_seconds: int
@@ -106,6 +108,11 @@ class Stage:
     retry: Retry | None = None
     env: tuple[EnvVar, ...] = ()
     tensorboard_logdir: str | None = None  # an {output:...} path whose logs a TensorBoard sidecar serves
+    resumable: bool = False  # a half-finished output is kept: the step continues from it (checkpoints)
+
+    @property
+    def default_image(self) -> str:
+        return image_reference(self.image_name)
 
     @property
     def command(self) -> tuple[str, ...]:
@@ -137,6 +144,18 @@ class Pipeline:
             if stage.name == name:
                 return stage
         raise KeyError(name)
+
+    def producer(self, artifact: str) -> Stage:
+        """The stage whose output ``artifact`` is."""
+        for stage in self.all_stages():
+            if artifact in stage.outputs:
+                return stage
+        raise KeyError(artifact)
+
+    @property
+    def own_images(self) -> bool:
+        """Whether the model runs any stage in an image other than the default one."""
+        return any(stage.image != stage.default_image for stage in self.stages)
 
     def parameter_values(self) -> dict[str, str]:
         return {p.name: p.value for p in self.parameters}
@@ -176,55 +195,60 @@ CVAT_ENV = (
 )
 
 
-def build_pipeline(request: TrainingRequest, catalog: Catalog | None = None) -> Pipeline:
-    """The pipeline for one request, checked against the catalog (refuses e.g. NAS-FPN on one GPU)."""
-    catalog = catalog or load_catalog()
-    resolved = catalog.resolve(request)
+def build_pipeline(request: TrainingRequest | ResolvedRequest, catalog: Catalog | None = None) -> Pipeline:
+    """The pipeline for one request, checked against the catalog (refuses e.g. NAS-FPN on one GPU).
+
+    A request that was resolved already (the CLI resolves before anything else happens) is used as it is.
+    """
+    resolved = resolve_request(request, catalog)
     model, machine = resolved.model, resolved.machine
-    images = {stage: model.stage_image(stage, default_stage_images()) for stage in STAGE_NAMES}
     io_retry = Retry(limit=4)
 
-    parameters = _parameters(resolved, catalog)
+    def image(stage: str, image_name: str) -> dict[str, str]:
+        return {"image_name": image_name, "image": model.images.get(stage) or image_reference(image_name)}
+
+    parameters = _parameters(resolved)
     stages = (
         Stage(
-            name="create-dataset",
+            name=a.CREATE_DATASET,
             module="cvat_argo.steps.dataset",
             description="CVAT export or task -> TFRecord shards, label map, list of images to pre-annotate",
-            image=images["create-dataset"],
+            **image(a.CREATE_DATASET, "dataset"),
             args=("--source", "{param:source}", "--cvat-task-id", "{param:cvat-task-id}",
                   "--val-fraction", "{param:val-fraction}", "--model", "{param:model}",
-                  "--model-spec", "{param:model-spec}", "--out", "{output:dataset}"),
-            outputs=("dataset",),
+                  "--model-spec", "{param:model-spec}", "--out", f"{{output:{a.DATASET}}}"),
+            outputs=(a.DATASET,),
             resources=Resources(cpu="2", memory="4Gi"),
             retry=io_retry,
             deadline_seconds=4 * 3600,
             env=STORE_ENV + CVAT_ENV,
         ),
         Stage(
-            name="pull-base-model",
+            name=a.PULL_BASE_MODEL,
             module="cvat_argo.steps.pull",
             description="fetch the base checkpoint (URL, S3, GCS, earlier run), verify its digest, cache it",
-            image=images["pull-base-model"],
+            **image(a.PULL_BASE_MODEL, "pull"),
             args=("--model", "{param:model}", "--model-spec", "{param:model-spec}",
                   "--uri", "{param:base-model-uri}", "--sha256", "{param:base-model-sha256}",
-                  "--out", "{output:base-model}"),
-            outputs=("base-model",),
+                  "--out", f"{{output:{a.BASE_MODEL}}}"),
+            outputs=(a.BASE_MODEL,),
             resources=Resources(cpu="1", memory="2Gi"),
             retry=io_retry,
             deadline_seconds=2 * 3600,
             env=STORE_ENV,
         ),
         Stage(
-            name="train",
+            name=a.TRAIN,
             module="cvat_argo.steps.train",
             description="train the detector with TF Model Garden on num_clones GPUs, evaluate, checkpoint",
-            image=images["train"],
+            **image(a.TRAIN, "train"),
             args=("--model", "{param:model}", "--model-spec", "{param:model-spec}", "--args", "{param:args}",
-                  "--dataset", "{input:dataset}", "--base-model", "{input:base-model}",
-                  "--resume-key", "{param:output-prefix}/{run:name}/train/model", "--out", "{output:model}"),
-            inputs=(ArtifactInput("dataset", "create-dataset", "dataset"),
-                    ArtifactInput("base-model", "pull-base-model", "base-model")),
-            outputs=("model",),
+                  "--dataset", f"{{input:{a.DATASET}}}", "--base-model", f"{{input:{a.BASE_MODEL}}}",
+                  "--resume-key", a.checkpoint_key("{param:output-prefix}", "{run:name}"),
+                  "--out", f"{{output:{a.MODEL}}}"),
+            inputs=(ArtifactInput(a.DATASET, a.CREATE_DATASET, a.DATASET),
+                    ArtifactInput(a.BASE_MODEL, a.PULL_BASE_MODEL, a.BASE_MODEL)),
+            outputs=(a.MODEL,),
             resources=Resources(
                 cpu=machine.cpu,
                 memory=machine.memory,
@@ -236,33 +260,35 @@ def build_pipeline(request: TrainingRequest, catalog: Catalog | None = None) -> 
             ),
             # Pod errors (eviction, node loss) resume from the last checkpoint in the store.
             retry=Retry(limit=3, backoff="1m", max_backoff="15m"),
-            deadline_seconds=int(request.train_timeout_hours * 3600),
+            deadline_seconds=int(resolved.request.train_timeout_hours * 3600),
             env=STORE_ENV,
-            tensorboard_logdir="{output:model}/logs",
+            tensorboard_logdir=f"{{output:{a.MODEL}}}/logs",
+            resumable=True,  # an interrupted training continues from its newest checkpoint
         ),
         Stage(
-            name="convert",
+            name=a.CONVERT,
             module="cvat_argo.steps.convert",
             description="export a SavedModel (and TFLite where the model allows), self-test it, write a model card",
-            image=images["convert"],
-            args=("--model", "{input:model}", "--dataset", "{input:dataset}", "--out", "{output:exported}"),
-            inputs=(ArtifactInput("model", "train", "model"), ArtifactInput("dataset", "create-dataset", "dataset")),
-            outputs=("exported",),
+            **image(a.CONVERT, "convert"),
+            args=("--model", f"{{input:{a.MODEL}}}", "--dataset", f"{{input:{a.DATASET}}}",
+                  "--out", f"{{output:{a.EXPORTED}}}"),
+            inputs=(ArtifactInput(a.MODEL, a.TRAIN, a.MODEL), ArtifactInput(a.DATASET, a.CREATE_DATASET, a.DATASET)),
+            outputs=(a.EXPORTED,),
             resources=Resources(cpu="4", memory="16Gi"),
             retry=Retry(limit=2),
             deadline_seconds=2 * 3600,
             env=STORE_ENV,
         ),
         Stage(
-            name="pre-annotate",
+            name=a.PRE_ANNOTATE,
             module="cvat_argo.steps.annotate",
             description="detect objects on the unannotated images; CVAT XML, COCO JSON, and shapes in the CVAT task",
-            image=images["pre-annotate"],
-            args=("--model", "{input:exported}", "--dataset", "{input:dataset}",
-                  "--cvat-task-id", "{param:cvat-task-id}", "--out", "{output:annotations}"),
-            inputs=(ArtifactInput("exported", "convert", "exported"),
-                    ArtifactInput("dataset", "create-dataset", "dataset")),
-            outputs=("annotations",),
+            **image(a.PRE_ANNOTATE, "annotate"),
+            args=("--model", f"{{input:{a.EXPORTED}}}", "--dataset", f"{{input:{a.DATASET}}}",
+                  "--cvat-task-id", "{param:cvat-task-id}", "--out", f"{{output:{a.ANNOTATIONS}}}"),
+            inputs=(ArtifactInput(a.EXPORTED, a.CONVERT, a.EXPORTED),
+                    ArtifactInput(a.DATASET, a.CREATE_DATASET, a.DATASET)),
+            outputs=(a.ANNOTATIONS,),
             resources=Resources(cpu="4", memory="8Gi"),
             retry=Retry(limit=2),
             deadline_seconds=8 * 3600,
@@ -270,13 +296,14 @@ def build_pipeline(request: TrainingRequest, catalog: Catalog | None = None) -> 
         ),
     )
     exit_stage = Stage(
-        name=EXIT_STAGE_NAME,
+        name=a.RECORD_STATUS,
         module="cvat_argo.steps.status",
-        description="record the run's final status and failures as status.json",
+        description=f"record the run's final status and failures as {a.STATUS_FILE}",
+        image_name=EXIT_HANDLER_IMAGE,
         image=image_reference(EXIT_HANDLER_IMAGE),
         args=("--run", "{run:name}", "--status", "{run:status}", "--failures", "{run:failures}",
-              "--out", "{output:status}"),
-        outputs=("status",),
+              "--out", f"{{output:{a.STATUS}}}"),
+        outputs=(a.STATUS,),
         resources=Resources(cpu="100m", memory="256Mi"),
         retry=Retry(limit=2, backoff="10s"),
         deadline_seconds=600,
@@ -285,7 +312,7 @@ def build_pipeline(request: TrainingRequest, catalog: Catalog | None = None) -> 
                     resolved=resolved)
 
 
-def _parameters(resolved: ResolvedRequest, catalog: Catalog) -> tuple[Parameter, ...]:
+def _parameters(resolved: ResolvedRequest) -> tuple[Parameter, ...]:
     request, model, machine = resolved.request, resolved.model, resolved.machine
     source = request.source
     parameters = [
@@ -293,7 +320,7 @@ def _parameters(resolved: ResolvedRequest, catalog: Catalog) -> tuple[Parameter,
         Parameter("cvat-task-id", str(source.cvat_task_id or ""),
                   "or a CVAT task id (server and credentials from the cvat-credentials Secret)", ""),
         Parameter("model", model.name, "model name from the catalog (python -m cvat_argo models)",
-                  catalog.default_model),
+                  resolved.default_model),
         Parameter("model-spec", json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":")),
                   "the model's catalog entry as JSON; empty: the built-in entry named by model", ""),
         Parameter("args", resolved.arguments.to_string(),

@@ -24,8 +24,7 @@ from ..request.catalog import Catalog, load_catalog
 from ..request.spec import DatasetSource, TrainingRequest
 from . import yamlio
 from .argo import APP_LABELS, template_name, workflow_for, workflow_template_for
-from .images import default_stage_images
-from .pipeline import CVAT_SECRET, STORE_CONFIG_MAP, STORE_SECRET, build_pipeline
+from .pipeline import CVAT_SECRET, STORE_CONFIG_MAP, STORE_SECRET, Pipeline, build_pipeline
 
 HEADER = (
     f"# Rendered by `python -m cvat_argo render` (cvat-argo {__version__}). Do not edit: change the code or\n"
@@ -56,18 +55,17 @@ def _file(name: str, obj: dict[str, Any], *, in_kustomization: bool = True) -> R
     return RenderedFile(name=name, text=HEADER + yamlio.dump(obj), in_kustomization=in_kustomization)
 
 
-def _template_requests(catalog: Catalog) -> Iterable[TrainingRequest]:
-    """One request per WorkflowTemplate: each machine type, plus models with their own images."""
+def _template_pipelines(catalog: Catalog) -> Iterable[Pipeline]:
+    """One pipeline per WorkflowTemplate: each machine type, plus models with their own images."""
     placeholder = DatasetSource(cvat_task_id=1)  # templates do not depend on the data
-    defaults = default_stage_images()
-    models = [catalog.default_model] + [
-        name for name, entry in catalog.models.items()
-        if any(entry.stage_image(stage, defaults) != image for stage, image in defaults.items())
-    ]
-    for model in models:
+    for model in [catalog.default_model, *catalog.models]:
         for machine in catalog.machines.values():
-            if catalog.models[model].min_gpus <= machine.gpus:
-                yield TrainingRequest(source=placeholder, model=model, machine=machine.name)
+            if catalog.models[model].min_gpus > machine.gpus:
+                continue
+            pipeline = build_pipeline(TrainingRequest(source=placeholder, model=model, machine=machine.name), catalog)
+            if model != catalog.default_model and not pipeline.own_images:
+                break  # the model runs in the default images: each machine's template serves it
+            yield pipeline
 
 
 def render_files(catalog: Catalog | None = None, settings: ClusterSettings | None = None) -> list[RenderedFile]:
@@ -75,9 +73,8 @@ def render_files(catalog: Catalog | None = None, settings: ClusterSettings | Non
     settings = settings or ClusterSettings()
     files: list[RenderedFile] = []
     seen: set[str] = set()
-    for request in _template_requests(catalog):
-        pipeline = build_pipeline(request, catalog)
-        name = template_name(pipeline.resolved)
+    for pipeline in _template_pipelines(catalog):
+        name = template_name(pipeline)
         if name not in seen:
             seen.add(name)
             files.append(_file(f"workflowtemplate-{name}.yaml", workflow_template_for(pipeline).to_dict()))

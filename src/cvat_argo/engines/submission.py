@@ -25,9 +25,10 @@ from hera.workflows.models import (
 from hera.workflows.models import WorkflowTemplate as ModelWorkflowTemplate
 
 from ..errors import SubmitError
-from ..request.catalog import Catalog
+from ..request.catalog import Catalog, ResolvedRequest
 from ..request.spec import TrainingRequest
-from .argo import artifact_key, cluster_pipeline, template_name, workflow_for, workflow_template_for
+from .argo import cluster_pipeline, template_name, workflow_for, workflow_template_for
+from .artifacts import artifact_key
 from .pipeline import Pipeline
 
 FINISHED_PHASES = ("Succeeded", "Failed", "Error")
@@ -115,18 +116,12 @@ class Submission:
 def artifact_locations(pipeline: Pipeline, workflow_name: str) -> dict[str, str]:
     """``stage/artifact`` -> key in the artifact repository's bucket, for a submitted run."""
     prefix = pipeline.parameter_values()["output-prefix"]
-    locations = {}
-    for stage in pipeline.all_stages():
-        for artifact in stage.outputs:
-            key = artifact_key(stage, artifact)
-            key = key.replace("{{workflow.parameters.output-prefix}}", prefix).replace("{{workflow.name}}",
-                                                                                         workflow_name)
-            locations[f"{stage.name}/{artifact}"] = key
-    return locations
+    return {f"{stage.name}/{artifact}": artifact_key(prefix, workflow_name, stage.name, artifact)
+            for stage in pipeline.all_stages() for artifact in stage.outputs}
 
 
 def submit(
-    request: TrainingRequest,
+    request: TrainingRequest | ResolvedRequest,
     connection: ArgoConnection | None = None,
     *,
     catalog: Catalog | None = None,
@@ -135,7 +130,7 @@ def submit(
     """Submit a run. With ``install_template`` the machine type's WorkflowTemplate is created or updated first."""
     connection = connection or ArgoConnection.from_env()
     pipeline = cluster_pipeline(request, catalog)
-    template = template_name(pipeline.resolved)
+    template = template_name(pipeline)
     if install_template:
         install_workflow_template(pipeline, connection)
     workflow = workflow_for(pipeline)

@@ -8,9 +8,7 @@ Mask R-CNN masks turned into polygons.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engines import artifacts
 from ..errors import CvatArgoError
 from ..formats.annotations import ImageRecord, LabelSpec, Shape
 from ..reports.markdown import capped_section
@@ -227,13 +226,6 @@ def coco_document(labels: Sequence[str], images: Iterable[ImageRecord]) -> dict[
     return document
 
 
-def write_json(path: Path, document: Any) -> None:
-    """Write JSON through a temporary name, so a reader never sees half a file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-
-
 # --- summary, plot, report -----------------------------------------------------------------------
 
 
@@ -333,9 +325,9 @@ def write_report(out: Path, summary: Mapping[str, Any]) -> None:
     elif summary.get("upload_note"):
         lines += ["", f"CVAT: {summary['upload_note']}"]
     lines += capped_section("Skipped images", [f"{s['name']}: {s['reason']}" for s in summary["skipped"]],
-                            "summary.json")
-    lines += ["", "![score histogram](scores.png)", ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+                            artifacts.ANNOTATION_SUMMARY)
+    lines += ["", f"![score histogram]({artifacts.SCORES_PLOT})", ""]
+    (out / artifacts.STAGE_REPORT).write_text("\n".join(lines), encoding="utf-8")
 
 
 def task_label_specs(names: Sequence[str]) -> tuple[LabelSpec, ...]:

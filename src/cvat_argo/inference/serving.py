@@ -28,22 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CvatArgoError
+from ..engines import artifacts
+from ..errors import ServingError
 from ..formats.label_map import read_labels_json
 
-MODEL_JSON = "model.json"
-LABELS_JSON = "labels.json"
-TFLITE_JSON = "tflite.json"
-SAVED_MODEL_DIR = "saved_model"
-TFLITE_FILES = {"tflite-fp32": "model_fp32.tflite", "tflite-fp16": "model_fp16.tflite"}
 RUNTIMES = ("tflite-fp32", "tflite-fp16", "saved_model")
 #: Model Garden's ``preprocess_ops.MEAN_RGB`` / ``STDDEV_RGB`` (ImageNet statistics x 255).
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-
-class ServingError(CvatArgoError):
-    """A converted model folder is incomplete, or a runtime it does not have was asked for."""
 
 
 @dataclass(frozen=True)
@@ -227,7 +219,7 @@ class TFLiteDetector(Detector):
     def __init__(self, model_dir: Path, runtime: str, labels: tuple[str, ...], spec: dict[str, Any],
                  num_threads: int | None = None) -> None:
         self.model_dir, self.runtime, self.labels, self.spec = model_dir, runtime, labels, spec
-        path = model_dir / TFLITE_FILES[runtime]
+        path = model_dir / artifacts.TFLITE_FILES[runtime]
         if not path.is_file():
             raise ServingError(f"{path} is missing: runtime {runtime} is not available in {model_dir}")
         interpreter_class = _interpreter_class()
@@ -276,7 +268,7 @@ class SavedModelDetector(Detector):
 
         self.model_dir, self.labels, self.runtime = model_dir, labels, "saved_model"
         self.preferred_batch = preferred_batch
-        path = model_dir / SAVED_MODEL_DIR
+        path = model_dir / artifacts.SAVED_MODEL_DIR
         if not (path / "saved_model.pb").is_file():
             raise ServingError(f"{path}/saved_model.pb is missing: runtime saved_model is not available in {model_dir}")
         self._tf = tf
@@ -328,7 +320,7 @@ def gpu_visible() -> bool:
 def available_runtimes(model_dir: Path | str) -> list[str]:
     """The runtimes a convert output folder offers, fastest on a CPU first."""
     folder = Path(model_dir)
-    manifest = _read_json(folder / MODEL_JSON, "the model manifest")
+    manifest = _read_json(folder / artifacts.MODEL_MANIFEST, "the model manifest")
     return [runtime for runtime in manifest.get("runtimes", []) if runtime in RUNTIMES]
 
 
@@ -342,10 +334,10 @@ def load_detector(model_dir: Path | str, runtime: str = "auto", num_threads: int
     folder = Path(model_dir)
     if not folder.is_dir():
         raise ServingError(f"{folder} is not a folder: expected the output of the convert stage")
-    manifest = _read_json(folder / MODEL_JSON, "the model manifest")
-    if not (folder / LABELS_JSON).is_file():
-        raise ServingError(f"{folder / LABELS_JSON} is missing: {folder} is not a convert output folder")
-    labels = tuple(read_labels_json(folder / LABELS_JSON))
+    manifest = _read_json(folder / artifacts.MODEL_MANIFEST, "the model manifest")
+    if not (folder / artifacts.LABELS).is_file():
+        raise ServingError(f"{folder / artifacts.LABELS} is missing: {folder} is not a convert output folder")
+    labels = tuple(read_labels_json(folder / artifacts.LABELS))
     offered = [name for name in manifest.get("runtimes", []) if name in RUNTIMES]
     wanted = {"tflite": "tflite-fp32"}.get(runtime, runtime)
     if wanted == "auto":
@@ -358,5 +350,5 @@ def load_detector(model_dir: Path | str, runtime: str = "auto", num_threads: int
                            f"{', '.join(offered) or 'none'})" + (f": {why}" if why else ""))
     if wanted == "saved_model":
         return SavedModelDetector(folder, labels, manifest["saved_model"]["signature"])
-    spec = _read_json(folder / TFLITE_JSON, "how to feed the TFLite model")
+    spec = _read_json(folder / artifacts.TFLITE_MANIFEST, "how to feed the TFLite model")
     return TFLiteDetector(folder, wanted, labels, spec, num_threads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..engines import artifacts
 from .markdown import capped_section
 
 
@@ -63,6 +64,7 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
         lines += ["", "Dropped shapes: " + ", ".join(f"{v} ({k})" for k, v in summary["dropped_shapes"].items()) + "."]
     if summary["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
-    lines += capped_section("Skipped", [f"{s['item']}: {s['reason']}" for s in summary["skipped"]], "dataset.json")
-    lines += ["", "![labels and box sizes](dataset.png)", ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    lines += capped_section("Skipped", [f"{s['item']}: {s['reason']}" for s in summary["skipped"]],
+                            artifacts.DATASET_SUMMARY)
+    lines += ["", f"![labels and box sizes]({artifacts.DATASET_PLOT})", ""]
+    (out / artifacts.STAGE_REPORT).write_text("\n".join(lines), encoding="utf-8")

@@ -9,24 +9,21 @@ report of what it did.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
+from ..engines import artifacts
+from ..engines.artifacts import read_optional_json as _load
 from .plots import blank_figure, save_figure
 
 GRID_IMAGES = 12
-
-
-def _load(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def _grid(run_root: Path, dataset_dir: Path, coco_path: Path, out: Path) -> bool:
     from PIL import Image, ImageDraw
 
     coco = _load(coco_path)
-    unannotated = _load(dataset_dir / "unannotated.json")
+    unannotated = _load(dataset_dir / artifacts.UNANNOTATED)
     if not coco or not unannotated:
         return False
     files = {item["name"]: dataset_dir / item["path"] for item in unannotated["images"]}
@@ -58,10 +55,11 @@ def _grid(run_root: Path, dataset_dir: Path, coco_path: Path, out: Path) -> bool
 
 def write_run_report(run) -> Path:
     root: Path = run.root
-    dataset_dir = root / "create-dataset" / "dataset"
-    model_dir = root / "train" / "model"
-    exported = root / "convert" / "exported"
-    annotations = root / "pre-annotate" / "annotations"
+    dataset_dir = run.artifact(artifacts.DATASET)
+    model_dir = run.artifact(artifacts.MODEL)
+    exported = run.artifact(artifacts.EXPORTED)
+    annotations = run.artifact(artifacts.ANNOTATIONS)
+    link = run.artifact_link
     resolved = run.pipeline.resolved
     sections: list[tuple[str, list[str]]] = []
 
@@ -72,16 +70,16 @@ def write_run_report(run) -> Path:
         lines.append(f"| {name} | {result.status} | {result.seconds:.0f} s |")
     sections.append(("Run", lines))
 
-    dataset = _load(dataset_dir / "dataset.json")
+    dataset = _load(dataset_dir / artifacts.DATASET_SUMMARY)
     if dataset:
         images = dataset["images"]
         lines = [f"{images['train']} training and {images['val']} validation images, {images['unannotated']} to "
                  f"pre-annotate, {images['skipped']} skipped. Labels: {', '.join(dataset['labels'])}.", "",
-                 "![dataset](create-dataset/dataset/dataset.png)"]
+                 f"![dataset]({link(artifacts.DATASET, artifacts.DATASET_PLOT)})"]
         lines += [f"- warning: {w}" for w in dataset.get("warnings", [])]
         sections.append(("Dataset", lines))
 
-    metrics = _load(model_dir / "metrics.json")
+    metrics = _load(model_dir / artifacts.METRICS)
     if metrics:
         final = metrics.get("final", {})
         lines = [f"{metrics['total_steps']} steps ({metrics['epochs']} epochs, batch {metrics['global_batch']}) in "
@@ -91,25 +89,25 @@ def write_run_report(run) -> Path:
             lines += ["| label | AP | AP50 |", "|---|---:|---:|"]
             lines += [f"| {label} | {v.get('AP', float('nan')):.3f} | {v.get('AP50', float('nan')):.3f} |"
                       for label, v in metrics["per_label"].items()]
-        lines += ["", "![training](train/model/training.png)"]
+        lines += ["", f"![training]({link(artifacts.MODEL, artifacts.TRAINING_PLOT)})"]
         sections.append(("Training", lines))
 
-    model = _load(exported / "model.json")
+    model = _load(exported / artifacts.MODEL_MANIFEST)
     if model:
         exports = ", ".join(f"{e['file']} ({e['bytes'] / 2**20:.1f} MB)" for e in model.get("exports", []))
         sections.append(("Exported model", [f"Exports: {exports}." if exports else "Exported."]))
 
-    summary = _load(annotations / "summary.json")
+    summary = _load(annotations / artifacts.ANNOTATION_SUMMARY)
     if summary:
         lines = [f"{summary['images']} images pre-annotated with {summary['shapes']} shapes at "
                  f"{summary.get('images_per_second', 0):.0f} images/s ({summary.get('runtime', '')}).", "",
                  "| label | shapes |", "|---|---:|"]
         lines += [f"| {label} | {count} |" for label, count in summary.get("shapes_per_label", {}).items()]
-        if _grid(root, dataset_dir, annotations / "coco.json", root / "pre-annotations.png"):
-            lines += ["", "![pre-annotations](pre-annotations.png)"]
+        if _grid(root, dataset_dir, annotations / artifacts.COCO_JSON, root / artifacts.PRE_ANNOTATIONS_GRID):
+            lines += ["", f"![pre-annotations]({artifacts.PRE_ANNOTATIONS_GRID})"]
         sections.append(("Pre-annotations", lines))
 
-    score = _load(root / "quickstart-score.json")
+    score = _load(root / artifacts.QUICKSTART_SCORE)
     if score and score.get("pre_annotations", {}).get("images"):
         truth = score["pre_annotations"]
         sections.append(("Pre-annotations against the hidden truth", [
@@ -119,7 +117,7 @@ def write_run_report(run) -> Path:
     where = ["| artifact | location |", "|---|---|"]
     for stage in run.pipeline.all_stages():
         for artifact in stage.outputs:
-            path = root / stage.name / artifact
+            path = run.output_path(stage, artifact)
             if path.exists():
                 where.append(f"| {stage.name}/{artifact} | `{path}` |")
     sections.append(("Artifacts", where))
@@ -127,9 +125,9 @@ def write_run_report(run) -> Path:
     markdown = [f"# Run {run.run_id}", ""]
     for title, body in sections:
         markdown += [f"## {title}", "", *body, ""]
-    (root / "report.md").write_text("\n".join(markdown), encoding="utf-8")
-    (root / "report.html").write_text(_html(run.run_id, sections), encoding="utf-8")
-    return root / "report.md"
+    (root / artifacts.RUN_REPORT).write_text("\n".join(markdown), encoding="utf-8")
+    (root / artifacts.RUN_REPORT_HTML).write_text(_html(run.run_id, sections), encoding="utf-8")
+    return root / artifacts.RUN_REPORT
 
 
 def _html(run_id: str, sections: list[tuple[str, list[str]]]) -> str:

@@ -26,7 +26,7 @@ from ..errors import CatalogError, RequestError
 from ..suggest import unknown_name_message
 from .machines import BUILTIN_MACHINES, MachineType
 from .model_entry import ModelEntry
-from .spec import Arguments, TrainingRequest
+from .spec import Arguments, TrainingRequest, batch_split_problem
 
 CATALOG_ENV = "CVAT_ARGO_CATALOG"
 _TOP_LEVEL_KEYS = ("default_model", "models", "machines")
@@ -40,6 +40,7 @@ class ResolvedRequest:
     model: ModelEntry
     machine: MachineType
     arguments: Arguments
+    default_model: str  # the catalog's default: what a reusable template offers when no model is given
 
     @property
     def num_clones(self) -> int:
@@ -75,7 +76,7 @@ class Catalog:
         model = self.model(request.model)
         machine = self.machine(request.machine)
         args = request.arguments
-        problems: list[str] = []
+        problems: list[str | None] = []
         if model.min_gpus > machine.gpus:
             enough = ", ".join(self.machines_with_gpus(model.min_gpus)) or "none in this catalog"
             problems.append(
@@ -91,20 +92,16 @@ class Catalog:
         num_clones = args.num_clones or max(machine.gpus, 1)
         if not problems and model.min_gpus > num_clones:
             problems.append(f"model {model.name} needs num_clones >= {model.min_gpus} (it needs {model.min_gpus} GPUs)")
-        if args.batch_size is not None and args.batch_size % num_clones:
-            problems.append(
-                f"batch_size={args.batch_size} cannot be split evenly over {num_clones} GPUs (num_clones): "
-                f"use a multiple of {num_clones}"
-            )
-        if args.input_size is not None and args.input_size % model.input_size_multiple:
-            problems.append(
-                f"input_size={args.input_size} does not suit {model.name}: use a multiple of "
-                f"{model.input_size_multiple} (its feature pyramid halves the image that many times)"
-            )
+        if args.batch_size is not None:
+            problems.append(batch_split_problem(args.batch_size, num_clones))
+        if args.input_size is not None:
+            problems.append(model.input_size_problem(args.input_size))
+        problems = [problem for problem in problems if problem]
         if problems:
             raise RequestError("; ".join(problems))
         arguments = args.model_copy(update={"num_clones": num_clones})
-        return ResolvedRequest(request=request, model=model, machine=machine, arguments=arguments)
+        return ResolvedRequest(request=request, model=model, machine=machine, arguments=arguments,
+                               default_model=self.default_model)
 
     def merged_with(self, data: Mapping[str, Any], source: str) -> Catalog:
         """A new catalog with the entries of a parsed catalog file laid over this one."""
@@ -173,6 +170,13 @@ def _describe(exc: ValidationError) -> str:
                      + (f" (got {error['input']!r})" if where != "entry" and "input" in error
                         and not isinstance(error["input"], Mapping) else ""))
     return "; ".join(parts)
+
+
+def resolve_request(request: TrainingRequest | ResolvedRequest, catalog: Catalog | None = None) -> ResolvedRequest:
+    """``request`` checked against ``catalog`` (default: :func:`load_catalog`); a resolved one passes through."""
+    if isinstance(request, ResolvedRequest):
+        return request
+    return (catalog or load_catalog()).resolve(request)
 
 
 def builtin_catalog() -> Catalog:

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..engines.images import STAGE_IMAGES
+from ..engines.artifacts import STAGE_NAMES
 
 
 class Checkpoint(BaseModel):
@@ -80,20 +80,31 @@ class ModelEntry(BaseModel):
     tflite: bool = Field(False, description="Model Garden's TFLite export path handles this architecture")
     masks: bool = Field(False, description="trains on polygons/masks as well as boxes")
 
+    def input_size_problem(self, input_size: int, multiple: int | None = None) -> str | None:
+        """The one rule (and wording) for input sizes: the feature pyramid must divide the image exactly.
+
+        ``multiple`` is the coarsest pyramid stride when overrides changed it (default: the entry's).
+        """
+        multiple = multiple or self.input_size_multiple
+        if input_size % multiple:
+            suggestion = max(1, round(input_size / multiple)) * multiple
+            return (f"input_size={input_size} is not a multiple of {multiple}, which model {self.name} needs "
+                    f"(its feature pyramid halves the image down to 1/{multiple}); use e.g. input_size={suggestion}")
+        return None
+
     @field_validator("images")
     @classmethod
     def _known_stages(cls, images: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(images) - set(STAGE_IMAGES))
+        unknown = sorted(set(images) - set(STAGE_NAMES))
         if unknown:
-            raise ValueError(f"images for unknown stages {unknown}: stages are {', '.join(STAGE_IMAGES)}")
+            raise ValueError(f"images for unknown stages {unknown}: stages are {', '.join(STAGE_NAMES)}")
         return images
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelEntry:
-        if self.input_size % self.input_size_multiple:
-            raise ValueError(
-                f"input_size {self.input_size} is not a multiple of input_size_multiple {self.input_size_multiple}"
-            )
+        problem = self.input_size_problem(self.input_size)
+        if problem:
+            raise ValueError(problem)
         bounded = [rule.up_to_images for rule in self.epochs[:-1]]
         if None in bounded or self.epochs[-1].up_to_images is not None:
             raise ValueError("epochs: every rule but the last needs up_to_images; the last rule has none (any size)")
@@ -110,5 +121,3 @@ class ModelEntry(BaseModel):
                 return rule.epochs
         raise AssertionError("the last epoch rule has no bound")  # guaranteed by _consistent
 
-    def stage_image(self, stage: str, defaults: dict[str, str]) -> str:
-        return self.images.get(stage, defaults[stage])

@@ -31,6 +31,14 @@ _RETIRED_KEYS = {
 }
 
 
+def batch_split_problem(batch_size: int, num_clones: int) -> str | None:
+    """The one rule (and wording) for splitting a global batch over replicas: each GPU gets the same share."""
+    if batch_size % num_clones:
+        return (f"batch_size={batch_size} cannot be split evenly over num_clones={num_clones} GPUs: "
+                f"use a multiple of {num_clones}")
+    return None
+
+
 class Arguments(BaseModel):
     """Training arguments. Unset fields (None) mean: the model's default for this dataset size."""
 
@@ -55,11 +63,10 @@ class Arguments(BaseModel):
 
     @model_validator(mode="after")
     def _batch_divides_over_clones(self) -> Arguments:
-        if self.batch_size is not None and self.num_clones is not None and self.batch_size % self.num_clones:
-            raise ValueError(
-                f"batch_size={self.batch_size} cannot be split evenly over num_clones={self.num_clones} GPUs: "
-                f"use a multiple of {self.num_clones}"
-            )
+        if self.batch_size is not None and self.num_clones is not None:
+            problem = batch_split_problem(self.batch_size, self.num_clones)
+            if problem:
+                raise ValueError(problem)
         return self
 
     @classmethod

@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..engines import artifacts
 from ..entry import build_output, exit_without_teardown, run_step
 from ..errors import DatasetError
 from ..formats.annotations import ImageRecord, LabelSpec, TaskMeta
-from ..formats.cvat_xml import write_cvat_xml
+from ..formats.cvat_xml.writer import write_cvat_xml
 from ..inference.outputs import (
     Tally,
     Thresholds,
@@ -47,7 +48,6 @@ from ..inference.outputs import (
     parse_thresholds,
     plot_scores,
     task_label_specs,
-    write_json,
     write_report,
 )
 from ..inference.serving import letterbox_scale
@@ -100,7 +100,7 @@ class Options:
 
 def read_unannotated(dataset: Path) -> list[Item]:
     """The dataset stage's ``unannotated.json``: ``{"count", "images": [{frame, name, width, height, path}]}``."""
-    listing = dataset / "unannotated.json"
+    listing = dataset / artifacts.UNANNOTATED
     if not listing.is_file():
         raise DatasetError(f"{listing} does not exist: give the create-dataset stage's output as --dataset, "
                            "or a folder of images as --images")
@@ -122,10 +122,10 @@ def read_folder(folder: Path) -> list[Item]:
 
 def task_id_from_dataset(dataset: Path | None) -> int | None:
     """The CVAT task the dataset came from, when ``dataset.json`` records it."""
-    if dataset is None or not (dataset / "dataset.json").is_file():
+    if dataset is None or not (dataset / artifacts.DATASET_SUMMARY).is_file():
         return None
     try:
-        summary = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
+        summary = json.loads((dataset / artifacts.DATASET_SUMMARY).read_text(encoding="utf-8"))
     except ValueError:
         return None
     for key in ("cvat_task_id", "task_id"):
@@ -148,9 +148,9 @@ def model_input_size(detector: Any) -> tuple[int, int] | None:
     if shape and len(shape) == 4:
         return int(shape[1]), int(shape[2])
     model_dir = getattr(detector, "model_dir", None)
-    if model_dir is not None and (Path(model_dir) / "model.json").is_file():
+    if model_dir is not None and (Path(model_dir) / artifacts.MODEL_MANIFEST).is_file():
         try:
-            manifest = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
+            manifest = json.loads((Path(model_dir) / artifacts.MODEL_MANIFEST).read_text(encoding="utf-8"))
         except ValueError:
             return None
         size = manifest.get("input_size") or manifest.get("image_size")
@@ -266,12 +266,12 @@ def read_model_labels(model: Path) -> tuple[str, ...]:
     """The model's label names (``labels.json``), read without loading the model."""
     if not model.is_dir():
         raise DatasetError(f"--model {model} is not a folder (expected the convert stage's output)")
-    if not (model / "labels.json").is_file():
+    if not (model / artifacts.LABELS).is_file():
         raise DatasetError(f"{model} has no labels.json: the model's class ids cannot be mapped to CVAT labels "
                            "(give the convert stage's output folder)")
     from ..formats.label_map import read_labels_json
 
-    return tuple(read_labels_json(model / "labels.json"))
+    return tuple(read_labels_json(model / artifacts.LABELS))
 
 
 def load(model: Path, runtime: str) -> Any:
@@ -296,7 +296,7 @@ def _task_labels(options: Options, model_labels: Sequence[str], client: Any, tas
         check_labels(model_labels, labels, f"CVAT task {task_id}")
         return tuple(label.spec() for label in labels.values())
     if options.task_meta is not None:
-        from ..formats.cvat_xml import CvatXmlReader
+        from ..formats.cvat_xml.reader import CvatXmlReader
 
         meta = CvatXmlReader(options.task_meta).meta
         check_labels(model_labels, meta.label_names, str(options.task_meta))
@@ -370,8 +370,8 @@ def annotate(options: Options, partial: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - loop_start
 
     meta = TaskMeta(labels=label_specs, size=len(records), mode="annotation")
-    write_cvat_xml(partial / "annotations.xml", meta, records)
-    write_json(partial / "coco.json", coco_document([spec.name for spec in label_specs], records))
+    write_cvat_xml(partial / artifacts.CVAT_XML, meta, records)
+    artifacts.write_json(partial / artifacts.COCO_JSON, coco_document([spec.name for spec in label_specs], records))
     summary = tally.summary(
         images_per_second=round(len(items) / seconds, 2) if seconds > 0 else 0.0,
         seconds=round(seconds, 3), model_load_seconds=round(load_seconds, 3),
@@ -386,8 +386,8 @@ def annotate(options: Options, partial: Path) -> dict[str, Any]:
             summary["upload"] = upload(client, task_id, records, model_labels, dry_run=options.dry_run, progress=bar)
     else:
         summary["upload_note"] = note
-    write_json(partial / "summary.json", summary)
-    plot_scores(partial / "scores.png", summary, summary["threshold"])
+    artifacts.write_json(partial / artifacts.ANNOTATION_SUMMARY, summary)
+    plot_scores(partial / artifacts.SCORES_PLOT, summary, summary["threshold"])
     write_report(partial, summary)
     return summary
 

@@ -15,7 +15,6 @@ Nothing here imports TensorFlow. The output folder appears only when complete (w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import shutil
@@ -29,16 +28,18 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from ..data.imagefiles import ImageProblem, displayed_size, prepare_image, probe_file
+from ..data.imagefiles import displayed_size, prepare_image, probe_file
 from ..data.labels import LabelMapping
 from ..data.sources import Export, open_export
 from ..data.split import split_frames
+from ..engines import artifacts
 from ..entry import build_output, run_step
-from ..errors import DatasetError
+from ..errors import DatasetError, ImageProblem
 from ..formats.annotations import ImageRecord
 from ..formats.geometry import box_area, clip_box
 from ..formats.label_map import write_label_map, write_labels_json
-from ..formats.tfrecord import ShardedWriter, detection_example, encode_mask_png, plan_shards
+from ..formats.tfrecord.detection import detection_example, encode_mask_png
+from ..formats.tfrecord.records import ShardedWriter, plan_shards
 from ..progress import progress_bar, track
 from ..reports.dataset import plot, write_report
 from ..reports.forked_plot import ForkedPlotter
@@ -342,15 +343,14 @@ def _convert_and_report(options: Options, partial: Path, plotter: ForkedPlotter)
         the_plan = plan(export, mapping, options, skips, spill)
         val = split_frames(the_plan.labels_by_frame, options.val_fraction, options.seed)
         expected, expected_sizes = expected_objects(the_plan, val, mapping)
-        plotter.send(plot, partial / "dataset.png", {"labels": list(mapping.names), "objects": expected},
+        plotter.send(plot, partial / artifacts.DATASET_PLOT, {"labels": list(mapping.names), "objects": expected},
                      expected_sizes)  # drawn on the other core while this one writes the records
         written = write(spill, mapping, the_plan, val, partial, options, skips)
         unannotated = copy_unannotated(the_plan, partial)
     conversion_seconds = time.perf_counter() - started
-    write_label_map(partial / "label_map.pbtxt", mapping.names)
-    write_labels_json(partial / "labels.json", mapping.names)
-    (partial / "unannotated.json").write_text(
-        json.dumps({"count": len(unannotated), "images": unannotated}, indent=1) + "\n", encoding="utf-8")
+    write_label_map(partial / artifacts.LABEL_MAP, mapping.names)
+    write_labels_json(partial / artifacts.LABELS, mapping.names)
+    artifacts.write_json(partial / artifacts.UNANNOTATED, {"count": len(unannotated), "images": unannotated})
     summary = {
         "source": options.described,
         **({"cvat_task_id": options.cvat_task_id} if options.cvat_task_id is not None else {}),
@@ -373,10 +373,10 @@ def _convert_and_report(options: Options, partial: Path, plotter: ForkedPlotter)
     }
     if summary["images"]["train"] == 0:
         raise DatasetError(f"no usable training image in {options.described}: see the skipped images")
-    (partial / "dataset.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    artifacts.write_json(partial / artifacts.DATASET_SUMMARY, summary)
     plotter.wait()
     if written["objects"] != expected:  # an image failed in the write pass: the plot must show what was written
-        plot(partial / "dataset.png", summary, written["box_sizes"])
+        plot(partial / artifacts.DATASET_PLOT, summary, written["box_sizes"])
     write_report(partial, summary)
     return summary
 

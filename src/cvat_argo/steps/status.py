@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..engines import artifacts
+
 KNOWN_STATUSES = ("Succeeded", "Failed", "Error")
 
 
@@ -41,7 +43,7 @@ def record(run: str, status: str, failures: str, out: Path) -> dict[str, Any]:
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "status.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    artifacts.write_json(out / artifacts.STATUS_FILE, summary, indent=2)
     return summary
 
 

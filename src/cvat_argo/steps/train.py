@@ -14,21 +14,17 @@ checkpoints, ``params.yaml``, TensorBoard events, ``metrics.json`` (COCO AP, AP5
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..engines import artifacts
 from ..entry import exit_without_teardown, run_step
 from ..errors import ArgumentError, CvatArgoError
 from ..request.catalog import entry_from_parameters
 from ..request.spec import Arguments
 from ..storage.store import store_from_env
-
-BASE_MANIFEST = "base-model.json"
-#: What convert needs to rebuild the model: the catalog entry (with its experiment) and the labels.
-MODEL_MANIFEST = "model.json"
 
 
 def visible_gpus() -> int:
@@ -38,9 +34,9 @@ def visible_gpus() -> int:
 
 
 def init_checkpoint(base_model: Path | None) -> str | None:
-    if base_model is None or not (base_model / BASE_MANIFEST).exists():
+    if base_model is None or not (base_model / artifacts.BASE_MODEL_MANIFEST).exists():
         return None
-    manifest = json.loads((base_model / BASE_MANIFEST).read_text(encoding="utf-8"))
+    manifest = artifacts.read_json(base_model / artifacts.BASE_MODEL_MANIFEST, "base model manifest")
     return str(base_model / manifest["checkpoint"]) if manifest.get("checkpoint") else None
 
 
@@ -92,7 +88,7 @@ def describe(plan) -> str:
 def write_report(out: Path, plan, metrics: dict[str, Any], seconds: float, resumed_from: int) -> None:
     from ..training.metrics import plot_curves
 
-    plot_curves(metrics, out / "training.png")
+    plot_curves(metrics, out / artifacts.TRAINING_PLOT)
     final = metrics["final"]
     resumed = f" (resumed from step {resumed_from})." if resumed_from else "."
     lines = ["# Training", "", describe(plan) + ".", "", f"Training took {seconds / 60:.1f} min{resumed}"]
@@ -103,8 +99,8 @@ def write_report(out: Path, plan, metrics: dict[str, Any], seconds: float, resum
         for label, values in metrics["per_label"].items():
             lines.append(f"| {label} | " + " | ".join(f"{values.get(k, float('nan')):.3f}"
                                                       for k in ("AP", "AP50", "AP75")) + " |")
-    lines += ["", "![loss and AP](training.png)", ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    lines += ["", f"![loss and AP]({artifacts.TRAINING_PLOT})", ""]
+    (out / artifacts.STAGE_REPORT).write_text("\n".join(lines), encoding="utf-8")
 
 
 def latest_step(out: Path) -> int:
@@ -140,10 +136,11 @@ def run(model: str, model_spec: str, args: str, dataset: Path, base_model: Path 
                             gpus_available=gpus, overrides=overrides, eval_every_steps=eval_every_steps,
                             checkpoint_every_steps=checkpoint_every_steps)
     save_config(plan)
-    manifest = {"model": entry.name, "model_spec": entry.model_dump(mode="json"), "experiment": entry.experiment,
-                "labels": list(plan.labels), "input_size": plan.input_size, "num_classes": plan.num_classes,
-                "arguments": arguments.to_string()}
-    (out / MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    artifacts.TrainedModelManifest(
+        model=entry.name, model_spec=entry.model_dump(mode="json"), experiment=entry.experiment,
+        labels=list(plan.labels), input_size=plan.input_size, num_classes=plan.num_classes,
+        arguments=arguments.to_string(),
+    ).write(out)
     print(f"{entry.name}: {describe(plan)}", flush=True)
     started = time.monotonic()
     if store is not None:
@@ -157,7 +154,7 @@ def run(model: str, model_spec: str, args: str, dataset: Path, base_model: Path 
                "total_steps": plan.total_steps, "global_batch": plan.global_batch, "num_clones": plan.num_clones,
                "input_size": plan.input_size, "labels": list(plan.labels), "training_seconds": round(seconds, 1),
                "resumed_from_step": resumed_from, "final_step": latest_step(out), **metrics}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    artifacts.write_json(out / artifacts.METRICS, summary)
     write_report(out, plan, metrics, seconds, resumed_from)
     return summary
 

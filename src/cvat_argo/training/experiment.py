@@ -41,11 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from cvat_argo.engines import artifacts
 from cvat_argo.errors import ArgumentError, DatasetError
 from cvat_argo.formats.label_map import read_labels_json
-from cvat_argo.formats.tfrecord import BytesList, decode_example, read_records
+from cvat_argo.formats.tfrecord.example import BytesList, decode_example
+from cvat_argo.formats.tfrecord.records import read_records
 from cvat_argo.request.model_entry import ModelEntry
-from cvat_argo.request.spec import Arguments
+from cvat_argo.request.spec import Arguments, batch_split_problem
 
 if TYPE_CHECKING:
     import tf_keras
@@ -76,7 +78,6 @@ BN_WINDOW_FRACTION, BN_MOMENTUM_MIN, BN_MOMENTUM_MAX = 0.02, 0.9, 0.99
 RETINANET_PRE_NMS_TOP_K = 1000
 #: Records inspected before training to catch a dataset the model cannot use.
 RECORDS_TO_CHECK = 20
-PARAMS_FILE = "params.yaml"
 
 _TASK_OF_ARCHITECTURE = {"retinanet": "RetinaNetTask", "faster_rcnn": "MaskRCNNTask", "mask_rcnn": "MaskRCNNTask"}
 
@@ -141,8 +142,8 @@ def _shard_pattern(dataset_dir: Path, split: str, required: bool) -> str:
 
 
 def _read_dataset(dataset_dir: Path) -> _Dataset:
-    labels = tuple(read_labels_json(dataset_dir / "labels.json"))
-    summary_path = dataset_dir / "dataset.json"
+    labels = tuple(read_labels_json(dataset_dir / artifacts.LABELS))
+    summary_path = dataset_dir / artifacts.DATASET_SUMMARY
     try:
         images = json.loads(summary_path.read_text(encoding="utf-8"))["images"]
         train, val = operator.index(images["train"]), operator.index(images.get("val", 0))
@@ -422,23 +423,18 @@ def build_experiment(
     _check_records(dataset.train_pattern, need_masks=entry.masks)
 
     input_size = arguments.input_size or entry.input_size
-    if input_size % entry.input_size_multiple:
-        raise ArgumentError(
-            f"input_size={input_size} is not a multiple of {entry.input_size_multiple}, which model {entry.name} "
-            f"needs (its feature pyramid halves the image down to 1/{entry.input_size_multiple}); "
-            f"use e.g. input_size={max(1, round(input_size / entry.input_size_multiple)) * entry.input_size_multiple}"
-        )
+    problem = entry.input_size_problem(input_size)
+    if problem:
+        raise ArgumentError(problem)
     if gpus_available < 0:
         raise ArgumentError(f"gpus_available must not be negative, got {gpus_available}")
     num_clones = arguments.num_clones or max(gpus_available, 1)
     if num_clones > max(gpus_available, 1):
         raise ArgumentError(f"num_clones={num_clones} but only {gpus_available} GPUs are available")
     global_batch = arguments.batch_size or entry.batch_size * num_clones
-    if global_batch % num_clones:
-        raise ArgumentError(
-            f"batch_size={global_batch} cannot be split evenly over num_clones={num_clones} GPUs: "
-            f"use a multiple of {num_clones}"
-        )
+    problem = batch_split_problem(global_batch, num_clones)
+    if problem:
+        raise ArgumentError(problem)
     per_replica_batch = global_batch // num_clones
 
     epochs = arguments.epochs or entry.default_epochs(dataset.train_images)
@@ -546,12 +542,9 @@ def _positive(name: str, value: int | None) -> int | None:
 def _check_consistent(config: ExperimentConfig, entry: ModelEntry) -> None:
     """After overrides: the pyramid's coarsest level must divide the input exactly."""
     model = config.task.model
-    stride = 2**model.max_level
-    if model.input_size[0] % stride:
-        raise ArgumentError(
-            f"input_size={model.input_size[0]} is not a multiple of 2**max_level = {stride} "
-            f"(max_level={model.max_level}) for model {entry.name}"
-        )
+    problem = entry.input_size_problem(model.input_size[0], multiple=2**model.max_level)
+    if problem:
+        raise ArgumentError(f"{problem} (max_level={model.max_level})")
     if not 1 <= model.min_level <= model.max_level:
         raise ArgumentError(f"min_level={model.min_level} and max_level={model.max_level} make no feature pyramid")
 
@@ -567,7 +560,7 @@ def save_config(plan: TrainingPlan, model_dir: Path | None = None) -> Path:
 
     directory = Path(model_dir if model_dir is not None else plan.model_dir)
     train_utils.serialize_config(plan.config, str(directory))
-    return directory / PARAMS_FILE
+    return directory / artifacts.MODEL_PARAMS
 
 
 def load_config(params_file: Path, experiment: str) -> ExperimentConfig:

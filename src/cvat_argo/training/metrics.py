@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..engines import artifacts
+
 LOSS_TAGS = ("total_loss", "training_loss", "loss")
 COCO_TAGS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "APs": "AP_small", "APm": "AP_medium",
              "APl": "AP_large", "ARmax100": "AR100"}
@@ -45,8 +47,9 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def summarize(model_dir: Path, labels: Sequence[str]) -> dict[str, Any]:
-    train = read_scalars(model_dir / "train") if (model_dir / "train").exists() else {}
-    validation = read_scalars(model_dir / "validation") if (model_dir / "validation").exists() else {}
+    train_events, validation_events = model_dir / artifacts.TRAIN_EVENTS, model_dir / artifacts.VALIDATION_EVENTS
+    train = read_scalars(train_events) if train_events.exists() else {}
+    validation = read_scalars(validation_events) if validation_events.exists() else {}
     loss_tag = next((t for t in LOSS_TAGS if t in train), None)
     history: dict[int, dict[str, float]] = defaultdict(dict)
     for step, value in train.get(loss_tag, []) if loss_tag else []:
