@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotate_fixtures import model_labels, trained_exported_model
 from cvat_argo.engines.artifacts import write_json
 from cvat_argo.errors import CvatArgoError
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
@@ -28,6 +27,7 @@ from cvat_argo.inference.outputs import (
     write_report,
 )
 from cvat_argo.steps import annotate as step
+from support.annotate_fixtures import model_labels, trained_exported_model
 
 LABELS = ("square", "circle", "triangle")
 
@@ -410,7 +410,7 @@ def test_stage_keeps_scores_for_a_task_whose_labels_have_them(exported, dataset,
 
 @pytest.mark.slow
 def test_stage_uploads_to_a_task_and_leaves_people_work_alone(exported, dataset, tmp_path):
-    from fake_cvat_server import FakeTask, cvat_server, label
+    from support.fake_cvat_server import FakeTask, cvat_server, label
 
     frames = [{"name": f"photo_{i:05d}.jpg", "width": 192, "height": 144} for i in range(12)]
     first, second, third = model_labels(exported)
@@ -433,7 +433,7 @@ def test_stage_uploads_to_a_task_and_leaves_people_work_alone(exported, dataset,
 
 @pytest.mark.slow
 def test_labels_the_task_lacks_stop_the_stage_before_inference(exported, dataset, tmp_path):
-    from fake_cvat_server import FakeTask, cvat_server, label
+    from support.fake_cvat_server import FakeTask, cvat_server, label
 
     task = FakeTask(7, labels=[label(1, name) for name in model_labels(exported)[:2]], frames=[])
     with cvat_server(task) as env:

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from ruamel.yaml import YAML
 
-from argo_validation import assert_valid, schema_errors
 from cvat_argo import RequestError, TrainingRequest, build_workflow, build_workflow_template, load_catalog
 from cvat_argo.cli import main
 from cvat_argo.engines.argo import TASK_ID_LABEL, template_name
 from cvat_argo.engines.pipeline import build_pipeline
 from cvat_argo.engines.render import HEADER, check_files, render_files, write_files
+from support.argo_validation import assert_valid, schema_errors
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "workflow_templates"

@@ -13,7 +13,7 @@ import yaml
 try:  # repository root on sys.path
     from tests.argo_validation import assert_valid, lint_errors, schema_errors, strict_schema
 except ModuleNotFoundError:  # pytest's default: tests/ itself on sys.path
-    from argo_validation import assert_valid, lint_errors, schema_errors, strict_schema
+    from support.argo_validation import assert_valid, lint_errors, schema_errors, strict_schema
 
 # Modelled on Argo's examples/artifact-passing.yaml, as a DAG with key-only S3 artifacts that land in the
 # repository named by artifactRepositoryRef, plus an exit handler and a looped task.

@@ -22,8 +22,8 @@ from cvat_argo.errors import ConvertError, CvatArgoError, DatasetError, SelfTest
 from cvat_argo.export import inputs, output, self_test, tflite
 from cvat_argo.inference import serving
 from cvat_argo.steps import convert
-from tiny_dataset import write_tiny_dataset
-from trained_model import converted_rcnn, converted_ssd
+from support.tiny_dataset import write_tiny_dataset
+from support.trained_model import converted_rcnn, converted_ssd
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from cvat_argo.formats.cvat_xml.writer import write_cvat_xml
 from cvat_argo.formats.tfrecord.example import decode_example
 from cvat_argo.formats.tfrecord.records import read_records
 from cvat_argo.steps import dataset as step
-from fake_cvat_server import PASSWORD, USERNAME, FakeTask, cvat_server, job, label
+from support.fake_cvat_server import PASSWORD, USERNAME, FakeTask, cvat_server, job, label
 
 pytest.importorskip("cvat_sdk")
 

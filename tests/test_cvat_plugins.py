@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotate_fixtures import model_labels, trained_exported_model
 from cvat_argo.cvat import upload as cvat_upload
 from cvat_argo.cvat.server import connect
 from cvat_argo.engines.artifacts import write_json
@@ -18,8 +17,9 @@ from cvat_argo.errors import CvatArgoError, DatasetError
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
 from cvat_argo.formats.cvat_xml.writer import write_cvat_xml
 from cvat_argo.inference.outputs import coco_document
-from fake_cvat_server import FakeTask, cvat_server, label
-from fixtures_servers import s3_server  # noqa: F401
+from support.annotate_fixtures import model_labels, trained_exported_model
+from support.fake_cvat_server import FakeTask, cvat_server, label
+from support.fixtures_servers import s3_server  # noqa: F401
 
 pytest.importorskip("cvat_sdk")
 

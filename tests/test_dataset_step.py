@@ -25,7 +25,7 @@ from cvat_argo.formats.tfrecord.records import read_records
 from cvat_argo.request.catalog import load_catalog
 from cvat_argo.steps import dataset as step
 from cvat_argo.storage.store import minio_client
-from fixtures_servers import http_server, s3_server  # noqa: F401
+from support.fixtures_servers import http_server, s3_server  # noqa: F401
 
 
 @pytest.fixture(scope="module")

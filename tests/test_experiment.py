@@ -34,9 +34,9 @@ from cvat_argo.training.experiment import (  # noqa: E402
     load_config,
     save_config,
 )
-from tiny_dataset import write_tiny_dataset  # noqa: E402
-from trained_model import SMALL_MASKS  # noqa: E402
-from trained_model import SMALL_RCNN_HEADS as SMALL_RCNN  # noqa: E402
+from support.tiny_dataset import write_tiny_dataset  # noqa: E402
+from support.trained_model import SMALL_MASKS  # noqa: E402
+from support.trained_model import SMALL_RCNN_HEADS as SMALL_RCNN  # noqa: E402
 
 CATALOG = load_catalog(env={})
 MODELS = sorted(CATALOG.models)

@@ -17,8 +17,8 @@ try:  # repository root on sys.path
     from tests.argo_validation import schema_errors
     from tests.fake_argo_server import FakeArgoServer
 except ModuleNotFoundError:  # pytest's default: tests/ itself on sys.path
-    from argo_validation import schema_errors
-    from fake_argo_server import FakeArgoServer
+    from support.argo_validation import schema_errors
+    from support.fake_argo_server import FakeArgoServer
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_servers import http_server  # noqa: F401
+from support.fixtures_servers import http_server  # noqa: F401
 
 pytest.importorskip("official", reason="needs the train extra (tf-models-official)")
 pytest.importorskip("ai_edge_litert", reason="needs the annotate extra")

@@ -13,7 +13,7 @@ from cvat_argo.entry import run_step
 from cvat_argo.errors import CatalogError, DatasetError
 from cvat_argo.steps.pull import main, mirrored, newest_checkpoint, pull
 from cvat_argo.storage.store import LocalStore, minio_client, store_from_env
-from fixtures_servers import http_server, s3_server  # noqa: F401
+from support.fixtures_servers import http_server, s3_server  # noqa: F401
 
 tf = pytest.importorskip("tensorflow")
 

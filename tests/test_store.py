@@ -28,7 +28,7 @@ from cvat_argo.storage.store import (
     store_from_env,
     store_from_url,
 )
-from fixtures_servers import http_server, s3_server  # noqa: F401
+from support.fixtures_servers import http_server, s3_server  # noqa: F401
 
 KEY = "runs/run-1/train/model"
 

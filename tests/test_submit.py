@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 import cvat_argo
-from argo_validation import assert_valid
 from cvat_argo import SubmitError, TrainingRequest
 from cvat_argo.cli import main
 from cvat_argo.engines.submission import ArgoConnection, install_workflow_template, submit
-from fake_argo_server import FakeArgoServer
+from support.argo_validation import assert_valid
+from support.fake_argo_server import FakeArgoServer
 
 TOKEN = "tok-3f9a1c-very-secret"
 

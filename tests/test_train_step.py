@@ -18,9 +18,9 @@ pytest.importorskip("official", reason="needs the train extra (tf-models-officia
 
 from cvat_argo.steps.train import latest_step
 from cvat_argo.storage.store import minio_client
-from fixtures_servers import s3_server  # noqa: F401
-from tiny_dataset import LABELS, write_tiny_dataset
-from trained_model import SMALL_MASKS, SMALL_RCNN
+from support.fixtures_servers import s3_server  # noqa: F401
+from support.tiny_dataset import LABELS, write_tiny_dataset
+from support.trained_model import SMALL_MASKS, SMALL_RCNN
 
 # 48 images / batch 4 = 12 steps per epoch; 5 epochs = 60 steps, a checkpoint every 6.
 ARGS = "epochs=5,batch_size=4,input_size=128"

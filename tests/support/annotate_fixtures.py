@@ -18,7 +18,7 @@ def trained_exported_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if given:
         return Path(given)
     pytest.importorskip("official", reason="needs the train extra (tf-models-official)")
-    from trained_model import converted_ssd
+    from support.trained_model import converted_ssd
 
     return converted_ssd(tmp_path_factory).converted
 

@@ -28,7 +28,7 @@ import jsonschema
 
 Json = dict[str, Any]
 
-SCHEMA_DIR = Path(__file__).resolve().parent / "argo"
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "argo"
 SCHEMA_FILES = {"main": "schema.json", "v3.7.14": "schema-v3.7.14.json"}
 DEFINITION_PREFIX = "io.argoproj.workflow.v1alpha1."
 KIND_DEFINITIONS = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tiny_dataset import write_tiny_dataset
+from support.tiny_dataset import write_tiny_dataset
 
 SSD = "ssd-mobilenet-v2-coco"
 #: Short: a few dozen steps; sharpen_class_head then spreads the scores out from the ~0.01 prior.

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 try:  # imported as tests.fake_argo_server, with the repository root on sys.path
     from tests.argo_validation import lint_errors, schema_errors, workflow_template_not_found
 except ModuleNotFoundError:  # imported by pytest, which puts tests/ itself on sys.path
-    from argo_validation import lint_errors, schema_errors, workflow_template_not_found
+    from support.argo_validation import lint_errors, schema_errors, workflow_template_not_found
 
 Json = dict[str, Any]
 
