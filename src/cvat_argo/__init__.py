@@ -1,7 +1,10 @@
 """cvat-argo: annotate some images in CVAT, train a detector on them, pre-annotate the rest.
 
 The pipeline is declared once (:mod:`cvat_argo.engines.pipeline`) and runs on Argo Workflows
-(:mod:`cvat_argo.engines.argo`) or on one machine. Notebook use::
+(:mod:`cvat_argo.engines.argo`) or on one machine (:mod:`cvat_argo.engines.local`). The package is a
+house with wings, one concern each: ``request``, ``engines``, ``steps``, ``storage``, ``data``,
+``formats``, ``training``, ``export``, ``inference``, ``cvat`` and ``reports`` (see the README's
+Layout). Notebook use::
 
     import cvat_argo
     request = cvat_argo.TrainingRequest.create(task_id=42, args="epochs=10,batch_size=8")

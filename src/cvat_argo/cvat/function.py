@@ -8,8 +8,8 @@ One module serves every way CVAT runs such functions::
     cvat_sdk.auto_annotation.annotate_task(client, task_id, cvat_argo.cvat_function.create(model=...))
 
 ``create(model=...)`` takes the convert stage's output folder, locally or as ``s3://bucket/prefix``
-(fetched once through :mod:`cvat_argo.storage.store` into a cache folder); ``CVAT_ARGO_MODEL`` names it when
-no ``-p model=`` is given. Optional parameters: ``runtime`` (auto, tflite, tflite-fp16,
+(fetched once through :mod:`cvat_argo.storage.fetch` into a cache folder); ``CVAT_ARGO_MODEL`` names
+it when no ``-p model=`` is given. Optional parameters: ``runtime`` (auto, tflite, tflite-fp16,
 saved_model), ``threshold`` (used when CVAT passes no ``conf_threshold``), ``max_detections``.
 
 The spec lists the model's labels with the model's own ids (1..N, as in ``labels.json``); CVAT maps
@@ -30,6 +30,7 @@ import numpy as np
 import PIL.Image
 from PIL import ImageOps
 
+from ..engines.artifacts import ExportedModelManifest
 from ..errors import CvatArgoError
 from ..inference.outputs import DEFAULT_THRESHOLD, Thresholds, detections_to_shapes
 
@@ -65,17 +66,11 @@ def local_model(model: str) -> Path:
 
 
 def _has_masks(detector: Any) -> bool:
-    import json
-
-    from ..engines import artifacts
-
-    manifest = Path(getattr(detector, "model_dir", "")) / artifacts.MODEL_MANIFEST
-    if not manifest.is_file():
-        return False
     try:
-        return bool(json.loads(manifest.read_text(encoding="utf-8")).get("masks"))
-    except ValueError:
+        manifest = ExportedModelManifest.read_if_present(Path(getattr(detector, "model_dir", "")))
+    except CvatArgoError:
         return False
+    return bool(manifest and manifest.masks)
 
 
 class ModelFunction:

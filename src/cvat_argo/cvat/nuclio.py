@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import re
 import shutil
@@ -174,8 +175,8 @@ def _copy_model(model_dir: Path, out: Path, runtime: str) -> dict[str, Any]:
     if not manifest_path.is_file() or not (model_dir / artifacts.LABELS).is_file():
         raise CvatArgoError(f"{model_dir} has no {artifacts.MODEL_MANIFEST} and {artifacts.LABELS}: give the "
                             "convert stage's output folder")
-    manifest = artifacts.read_json(manifest_path, "exported model manifest")
-    offered = manifest.get("runtimes", [])
+    manifest = artifacts.ExportedModelManifest.read(model_dir)
+    offered = manifest.runtimes
     if runtime == "auto":
         runtime = "tflite-fp32" if "tflite-fp32" in offered else "saved_model"
     runtime = {"tflite": "tflite-fp32"}.get(runtime, runtime)
@@ -192,9 +193,8 @@ def _copy_model(model_dir: Path, out: Path, runtime: str) -> dict[str, Any]:
     else:
         name = artifacts.TFLITE_FILES[runtime]
         shutil.copyfile(model_dir / name, target / name)
-    # the bundled model offers only what was copied
-    manifest["runtimes"] = [runtime]
-    artifacts.write_json(target / artifacts.MODEL_MANIFEST, manifest)
+    manifest = dataclasses.replace(manifest, runtimes=[runtime])  # the bundled model offers only what was copied
+    manifest.write(target)
     return {"runtime": runtime, "manifest": manifest}
 
 
@@ -283,8 +283,8 @@ def bundle(model_dir: Path, out: Path, *, name: str | None = None, runtime: str 
     def build(partial: Path) -> dict[str, Any]:
         copied = _copy_model(model_dir, partial, runtime)
         manifest = copied["manifest"]
-        display = name or str(manifest.get("model") or manifest.get("name") or model_dir.name)
-        shape_type = "polygon" if manifest.get("masks") else "rectangle"
+        display = name or manifest.model or model_dir.name
+        shape_type = "polygon" if manifest.masks else "rectangle"
         fname = function_name(f"cvat-argo-{display}")
         files = ["function.yaml", "main.py"]
         documents = {"function.yaml": function_yaml(fname, display, labels, shape_type, copied["runtime"])}

@@ -16,7 +16,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ..errors import CvatArgoError, DatasetError
 from ..storage.keys import clean_key
@@ -128,25 +128,69 @@ def write_json(path: Path, document: Any, *, indent: int = 1) -> Path:
     return path
 
 
-_Manifest = TypeVar("_Manifest")
+_Manifest = TypeVar("_Manifest", bound="Manifest")
 
 
-def _read_manifest(kind: type[_Manifest], path: Path, what: str) -> _Manifest:
-    """A manifest dataclass from its JSON; a missing field or a foreign file is one error naming both."""
-    document = read_json(path, what)
-    if not isinstance(document, dict):
-        raise DatasetError(f"{path}: not a {what} (a JSON object was expected)")
-    fields = dataclasses.fields(kind)  # type: ignore[arg-type]
-    missing = [f.name for f in fields if f.name not in document
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise DatasetError(f"{path}: {what} lacks {', '.join(missing)}")
-    return kind(**{f.name: document[f.name] for f in fields if f.name in document})
+class Manifest:
+    """A stage's JSON manifest: a dataclass with a fixed file name, written atomically, read with one-line errors.
+
+    The stage that writes a manifest and every stage or tool that reads it share the subclass, so a
+    field is renamed in one place. Optional fields left at None are not written.
+    """
+
+    FILE: ClassVar[str]
+    WHAT: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]:
+        optional = {f.name for f in dataclasses.fields(self) if f.default is None}  # type: ignore[arg-type]
+        return {name: value for name, value in dataclasses.asdict(self).items()  # type: ignore[call-overload]
+                if value is not None or name not in optional}
+
+    def write(self, folder: Path) -> Path:
+        return write_json(folder / self.FILE, self.to_json())
+
+    @classmethod
+    def read(cls: type[_Manifest], folder: Path) -> _Manifest:
+        path = folder / cls.FILE
+        document = read_json(path, cls.WHAT)
+        if not isinstance(document, dict):
+            raise DatasetError(f"{path}: not a {cls.WHAT} (a JSON object was expected)")
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        missing = [f.name for f in fields if f.name not in document
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise DatasetError(f"{path}: {cls.WHAT} lacks {', '.join(missing)}")
+        return cls(**{f.name: document[f.name] for f in fields if f.name in document})
+
+    @classmethod
+    def read_if_present(cls: type[_Manifest], folder: Path) -> _Manifest | None:
+        """The manifest, or None when the folder has none (a stage that did not run, or not ours)."""
+        return cls.read(folder) if (folder / cls.FILE).is_file() else None
 
 
 @dataclass(frozen=True)
-class TrainedModelManifest:
+class BaseModelManifest(Manifest):
+    """``base-model/base-model.json``, written by pull-base-model: which checkpoint training starts from."""
+
+    FILE: ClassVar[str] = BASE_MODEL_MANIFEST
+    WHAT: ClassVar[str] = "base model manifest"
+
+    model: str  # catalog name
+    uri: str | None  # where the checkpoint came from; None: training starts from scratch
+    sha256: str | None = None  # of what was fetched
+    pinned: bool | None = None  # whether the catalog (or --base-model-sha256) named that digest
+    checkpoint: str | None = None  # the checkpoint prefix inside the artifact (checkpoint/ckpt-N)
+    modules: str | None = None  # which parts of the model the checkpoint restores
+    trained_on: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainedModelManifest(Manifest):
     """``model/model.json``, written by train: what convert needs to rebuild the trained model."""
+
+    FILE: ClassVar[str] = MODEL_MANIFEST
+    WHAT: ClassVar[str] = "trained model manifest"
 
     model: str  # catalog name
     model_spec: dict[str, Any]  # the catalog entry, as JSON (its experiment, backbone, ...)
@@ -156,9 +200,48 @@ class TrainedModelManifest:
     num_classes: int  # labels + background
     arguments: str = ""  # the training arguments as given (epochs=...,batch_size=...)
 
-    def write(self, model_dir: Path) -> Path:
-        return write_json(model_dir / MODEL_MANIFEST, dataclasses.asdict(self))
 
-    @classmethod
-    def read(cls, model_dir: Path) -> TrainedModelManifest:
-        return _read_manifest(cls, model_dir / MODEL_MANIFEST, "trained model manifest")
+@dataclass(frozen=True)
+class ExportedModelManifest(Manifest):
+    """``exported/model.json``, written by convert: how to serve the exports (pre-annotate, cvat-cli, nuclio).
+
+    Serving needs only ``format`` and ``runtimes`` (and ``tflite``/``saved_model`` for the runtime it
+    loads); the rest describes the model for people and the model card.
+    """
+
+    FILE: ClassVar[str] = MODEL_MANIFEST
+    WHAT: ClassVar[str] = "exported model manifest"
+
+    format: str
+    runtimes: list[str]  # what load_detector may run: tflite-fp32, tflite-fp16, saved_model
+    version: int | None = None
+    model: str | None = None
+    experiment: str | None = None
+    architecture: str | None = None
+    labels: list[str] | None = None
+    num_classes: int | None = None
+    input_size: int | None = None
+    arguments: str | None = None
+    masks: bool = False
+    score_threshold: float | None = None
+    max_detections: int | None = None
+    nms_iou_threshold: float | None = None
+    source: dict[str, Any] | None = None  # {model_dir, checkpoint, step}
+    saved_model: dict[str, Any] | None = None  # {path, signature}
+    tflite: dict[str, Any] | None = None  # {available, files, spec, input} or {available: false, reason}
+    exports: list[dict[str, Any]] | None = None  # [{file, bytes, sha256}]
+    self_test: dict[str, Any] | None = None
+    convert_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class StageManifest(Manifest):
+    """``<stage>/manifest.json`` of a local run: every output file's size and digest, written after the outputs."""
+
+    FILE: ClassVar[str] = STAGE_MANIFEST
+    WHAT: ClassVar[str] = "stage manifest"
+
+    stage: str
+    seconds: float
+    files: dict[str, dict[str, Any]]  # path relative to the stage folder -> {bytes, sha256}
+    finished: str  # UTC time, ISO 8601

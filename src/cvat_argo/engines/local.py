@@ -111,21 +111,20 @@ def write_manifest(run: LocalRun, stage: Stage, seconds: float) -> None:
         for path in paths:
             files[path.relative_to(run.stage_dir(stage.name)).as_posix()] = {
                 "bytes": path.stat().st_size, "sha256": file_sha256(path)}
-    manifest = {"stage": stage.name, "seconds": round(seconds, 1), "files": files,
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    artifacts.write_json(run.stage_dir(stage.name) / artifacts.STAGE_MANIFEST, manifest)
+    artifacts.StageManifest(stage=stage.name, seconds=round(seconds, 1), files=files,
+                            finished=datetime.now(timezone.utc).isoformat(timespec="seconds")
+                            ).write(run.stage_dir(stage.name))
 
 
 def manifest_problem(run: LocalRun, stage: Stage) -> str | None:
     """Why a stage's finished outputs cannot be reused; None when every file still matches."""
-    path = run.stage_dir(stage.name) / artifacts.STAGE_MANIFEST
-    if not path.exists():
-        return "not finished"
     try:
-        manifest = artifacts.read_json(path, "stage manifest")
+        manifest = artifacts.StageManifest.read_if_present(run.stage_dir(stage.name))
     except CvatArgoError:
         return f"{artifacts.STAGE_MANIFEST} is unreadable"
-    for relative, expected in manifest["files"].items():
+    if manifest is None:
+        return "not finished"
+    for relative, expected in manifest.files.items():
         file = run.stage_dir(stage.name) / relative
         if not file.is_file():
             return f"{relative} is missing"

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..engines import artifacts
-from ..errors import ServingError
+from ..errors import CvatArgoError, ServingError
 from ..formats.label_map import read_labels_json
 
 RUNTIMES = ("tflite-fp32", "tflite-fp16", "saved_model")
@@ -317,11 +317,20 @@ def gpu_visible() -> bool:
     return gpus.is_dir() and any(gpus.iterdir())
 
 
+def read_manifest(folder: Path) -> artifacts.ExportedModelManifest:
+    """The convert output's ``model.json``; a missing or unreadable one is a :class:`ServingError`."""
+    if not (folder / artifacts.MODEL_MANIFEST).is_file():
+        raise ServingError(f"{folder / artifacts.MODEL_MANIFEST} is missing: {folder} is not a convert output "
+                           "folder (the model manifest)")
+    try:
+        return artifacts.ExportedModelManifest.read(folder)
+    except CvatArgoError as error:
+        raise ServingError(str(error)) from None
+
+
 def available_runtimes(model_dir: Path | str) -> list[str]:
     """The runtimes a convert output folder offers, fastest on a CPU first."""
-    folder = Path(model_dir)
-    manifest = _read_json(folder / artifacts.MODEL_MANIFEST, "the model manifest")
-    return [runtime for runtime in manifest.get("runtimes", []) if runtime in RUNTIMES]
+    return [runtime for runtime in read_manifest(Path(model_dir)).runtimes if runtime in RUNTIMES]
 
 
 def load_detector(model_dir: Path | str, runtime: str = "auto", num_threads: int | None = None) -> Detector:
@@ -334,21 +343,21 @@ def load_detector(model_dir: Path | str, runtime: str = "auto", num_threads: int
     folder = Path(model_dir)
     if not folder.is_dir():
         raise ServingError(f"{folder} is not a folder: expected the output of the convert stage")
-    manifest = _read_json(folder / artifacts.MODEL_MANIFEST, "the model manifest")
+    manifest = read_manifest(folder)
     if not (folder / artifacts.LABELS).is_file():
         raise ServingError(f"{folder / artifacts.LABELS} is missing: {folder} is not a convert output folder")
     labels = tuple(read_labels_json(folder / artifacts.LABELS))
-    offered = [name for name in manifest.get("runtimes", []) if name in RUNTIMES]
+    offered = [name for name in manifest.runtimes if name in RUNTIMES]
     wanted = {"tflite": "tflite-fp32"}.get(runtime, runtime)
     if wanted == "auto":
         wanted = "tflite-fp32" if "tflite-fp32" in offered and not gpu_visible() else "saved_model"
     if wanted not in RUNTIMES:
         raise ServingError(f"unknown runtime {runtime!r}: use auto, tflite, tflite-fp16 or saved_model")
     if wanted not in offered:
-        why = manifest.get("tflite", {}).get("reason", "") if wanted.startswith("tflite") else ""
+        why = (manifest.tflite or {}).get("reason", "") if wanted.startswith("tflite") else ""
         raise ServingError(f"runtime {wanted} is not available for the model in {folder} (it has: "
                            f"{', '.join(offered) or 'none'})" + (f": {why}" if why else ""))
     if wanted == "saved_model":
-        return SavedModelDetector(folder, labels, manifest["saved_model"]["signature"])
+        return SavedModelDetector(folder, labels, (manifest.saved_model or {})["signature"])
     spec = _read_json(folder / artifacts.TFLITE_MANIFEST, "how to feed the TFLite model")
     return TFLiteDetector(folder, wanted, labels, spec, num_threads)

@@ -36,7 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..engines import artifacts
 from ..entry import build_output, exit_without_teardown, run_step
-from ..errors import DatasetError
+from ..errors import CvatArgoError, DatasetError
 from ..formats.annotations import ImageRecord, LabelSpec, TaskMeta
 from ..formats.cvat_xml.writer import write_cvat_xml
 from ..inference.outputs import (
@@ -148,17 +148,12 @@ def model_input_size(detector: Any) -> tuple[int, int] | None:
     if shape and len(shape) == 4:
         return int(shape[1]), int(shape[2])
     model_dir = getattr(detector, "model_dir", None)
-    if model_dir is not None and (Path(model_dir) / artifacts.MODEL_MANIFEST).is_file():
-        try:
-            manifest = json.loads((Path(model_dir) / artifacts.MODEL_MANIFEST).read_text(encoding="utf-8"))
-        except ValueError:
-            return None
-        size = manifest.get("input_size") or manifest.get("image_size")
-        if isinstance(size, int):
-            return size, size
-        if isinstance(size, list) and len(size) >= 2:
-            return int(size[0]), int(size[1])
-    return None
+    try:
+        manifest = artifacts.ExportedModelManifest.read_if_present(Path(model_dir)) if model_dir else None
+    except CvatArgoError:
+        return None
+    size = manifest.input_size if manifest else None
+    return (size, size) if isinstance(size, int) else None
 
 
 def shrink_for_model(pixels: np.ndarray, side: int) -> np.ndarray:

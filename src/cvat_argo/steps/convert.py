@@ -30,7 +30,7 @@ This module parses the arguments and runs the steps in order; the work is in :mo
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import shutil
 import time
 from collections.abc import Sequence
@@ -94,18 +94,17 @@ def run(model: Path, dataset: Path, out: Path, score_threshold: float = DEFAULT_
             trained.entry.architecture, f"catalog entry {trained.entry.name} has tflite: false")
     write_labels_json(partial / artifacts.LABELS, labels)
     generator = config.task.model.detection_generator
-    manifest: dict[str, Any] = {
-        "format": FORMAT, "version": FORMAT_VERSION, "model": trained.entry.name,
-        "experiment": trained.entry.experiment,
-        "architecture": trained.entry.architecture, "labels": list(labels), "num_classes": len(labels) + 1,
-        "input_size": trained.input_size, "arguments": trained.manifest.arguments,
-        "masks": trained.entry.masks, "score_threshold": score_threshold,
-        "max_detections": generator.max_num_detections, "nms_iou_threshold": generator.nms_iou_threshold,
-        "source": {"model_dir": str(model), "checkpoint": trained.checkpoint.name, "step": trained.step},
-        "runtimes": runtimes, "saved_model": {"path": artifacts.SAVED_MODEL_DIR, "signature": signature},
-        "tflite": tflite, "exports": file_entries(partial),
-    }
-    (partial / artifacts.MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    manifest = artifacts.ExportedModelManifest(
+        format=FORMAT, version=FORMAT_VERSION, model=trained.entry.name, experiment=trained.entry.experiment,
+        architecture=trained.entry.architecture, labels=list(labels), num_classes=len(labels) + 1,
+        input_size=trained.input_size, arguments=trained.manifest.arguments,
+        masks=trained.entry.masks, score_threshold=score_threshold,
+        max_detections=generator.max_num_detections, nms_iou_threshold=generator.nms_iou_threshold,
+        source={"model_dir": str(model), "checkpoint": trained.checkpoint.name, "step": trained.step},
+        runtimes=runtimes, saved_model={"path": artifacts.SAVED_MODEL_DIR, "signature": signature},
+        tflite=tflite, exports=file_entries(partial),
+    )
+    manifest.write(partial)
 
     print(f"self-test: {len(images)} validation images, checkpoint vs {', '.join(runtimes)}", flush=True)
     test = self_test(config, trained, partial, images, runtimes, expected=expected)
@@ -113,17 +112,19 @@ def run(model: Path, dataset: Path, out: Path, score_threshold: float = DEFAULT_
     if not test["compared_detections"]:
         print(f"warning: no detection scored {score_threshold} or more on the self-test images, so the self-test "
               "compared nothing (an undertrained model?)", flush=True)
-    manifest["self_test"] = {"ok": True, "images": len(images), "compared_detections": test["compared_detections"],
-                             "runtimes": {r: item["compared"] for r, item in test["runtimes"].items()}}
-    manifest["convert_seconds"] = round(time.monotonic() - started, 1)
-    (partial / artifacts.MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    manifest = dataclasses.replace(
+        manifest, convert_seconds=round(time.monotonic() - started, 1),
+        self_test={"ok": True, "images": len(images), "compared_detections": test["compared_detections"],
+                   "runtimes": {r: item["compared"] for r, item in test["runtimes"].items()}})
+    manifest.write(partial)
+    document = manifest.to_json()
     metrics = optional_json(model / artifacts.METRICS)
     dataset_summary = optional_json(dataset / artifacts.DATASET_SUMMARY)
-    (partial / artifacts.MODEL_CARD).write_text(model_card(manifest, metrics, dataset_summary, test), encoding="utf-8")
+    (partial / artifacts.MODEL_CARD).write_text(model_card(document, metrics, dataset_summary, test), encoding="utf-8")
     publish(partial, out)
-    print(f"converted {trained.entry.name}: {', '.join(runtimes)} in {manifest['convert_seconds']:.0f} s; "
+    print(f"converted {trained.entry.name}: {', '.join(runtimes)} in {manifest.convert_seconds:.0f} s; "
           f"self-test ok ({test['compared_detections']} detections compared)", flush=True)
-    return manifest
+    return document
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,8 +16,8 @@ the mirror by its name instead of at its origin.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
-import json
 import re
 import shutil
 import sys
@@ -141,31 +141,25 @@ def pull(model: str, model_spec: str, uri: str, sha256: str, out: Path, mirror: 
         raise DatasetError(f"output folder {out} exists and is not empty: refusing to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
     if source is None:
-        manifest = {"model": entry.name, "uri": None, "checkpoint": None, "modules": None,
-                    "note": "the catalog names no base checkpoint: training starts from scratch"}
-        (out / artifacts.BASE_MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        return manifest
+        manifest = artifacts.BaseModelManifest(
+            model=entry.name, uri=None, note="the catalog names no base checkpoint: training starts from scratch")
+        manifest.write(out)
+        return dataclasses.asdict(manifest)
     source = mirrored(source, mirror)
     if _from_cache(store, expected, out):
-        manifest = json.loads((out / artifacts.BASE_MODEL_MANIFEST).read_text(encoding="utf-8"))
-        manifest["cached"] = True
-        return manifest
+        return {**dataclasses.asdict(artifacts.BaseModelManifest.read(out)), "cached": True}
     with tempfile.TemporaryDirectory(prefix="cvat-argo-pull-") as work:
         local, digest = _fetch_source(source, Path(work), expected)
         prefix = _unpack(local, out / CHECKPOINT_DIR, source)
-    manifest = {
-        "model": entry.name,
-        "uri": source,
-        "sha256": digest,
-        "pinned": expected is not None,
-        "checkpoint": prefix.relative_to(out).as_posix(),
-        "modules": entry.checkpoint.modules,
-        "trained_on": entry.checkpoint.trained_on,
-    }
-    (out / artifacts.BASE_MODEL_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    manifest = artifacts.BaseModelManifest(
+        model=entry.name, uri=source, sha256=digest, pinned=expected is not None,
+        checkpoint=prefix.relative_to(out).as_posix(), modules=entry.checkpoint.modules,
+        trained_on=entry.checkpoint.trained_on,
+    )
+    manifest.write(out)
     if store is not None and not store.exists(f"{CACHE_PREFIX}/{digest}/{artifacts.BASE_MODEL_MANIFEST}"):
         store.put_dir(out, f"{CACHE_PREFIX}/{digest}")
-    return {**manifest, "cached": False}
+    return {**dataclasses.asdict(manifest), "cached": False}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

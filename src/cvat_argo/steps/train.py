@@ -34,10 +34,8 @@ def visible_gpus() -> int:
 
 
 def init_checkpoint(base_model: Path | None) -> str | None:
-    if base_model is None or not (base_model / artifacts.BASE_MODEL_MANIFEST).exists():
-        return None
-    manifest = artifacts.read_json(base_model / artifacts.BASE_MODEL_MANIFEST, "base model manifest")
-    return str(base_model / manifest["checkpoint"]) if manifest.get("checkpoint") else None
+    manifest = artifacts.BaseModelManifest.read_if_present(base_model) if base_model is not None else None
+    return str(base_model / manifest.checkpoint) if manifest and manifest.checkpoint else None
 
 
 def _strategy(plan):
