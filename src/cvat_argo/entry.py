@@ -44,6 +44,7 @@ def run_step(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     TransientError exits 75 (EX_TEMPFAIL), which the Argo retry expression and the local engine
     retry; every other error is permanent. Unexpected exceptions keep their traceback.
     """
+    die_with_engine()
     try:
         return main(argv)
     except CvatArgoError as exc:
@@ -52,6 +53,26 @@ def run_step(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+#: Set by the local engine for its stage processes: the engine's pid. A step that sees it asks the
+#: kernel to kill it when the engine dies, even by SIGKILL, so no stage outlives its engine.
+ENGINE_PID_ENV = "CVAT_ARGO_ENGINE_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_engine() -> None:
+    """Linux: be killed with the local engine that started this step (a no-op elsewhere or under Argo)."""
+    engine = os.environ.pop(ENGINE_PID_ENV, "")  # popped: the step's own children have another parent
+    if not engine.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(engine):  # the engine died before the request: follow it now
+        os._exit(143)
 
 
 def exit_without_teardown(code: int) -> None:

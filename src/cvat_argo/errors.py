@@ -57,9 +57,18 @@ class ServingError(CvatArgoError):
 
 
 class StageFailed(CvatArgoError):
-    """A stage of a local run failed; the message names it, its exit code, its log's tail and path."""
+    """A stage of a local run failed; the message names it, its exit code, its log's tail and path.
+
+    Exits 1, or 75 when the failure was transient (an outage worth retrying), or 130/143 when a
+    signal stopped the run.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
 
 
 class ConvertError(CvatArgoError):

@@ -120,12 +120,17 @@ def read_optional_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def write_json(path: Path, document: Any, *, indent: int = 1) -> Path:
-    """Write a manifest through a temporary file and a rename, so a reader never sees half of one."""
+def write_text(path: Path, text: str) -> Path:
+    """Write through a temporary file and a rename, so a reader never sees half of a file."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(document, indent=indent) + "\n", encoding="utf-8")
+    partial.write_text(text, encoding="utf-8")
     partial.replace(path)
     return path
+
+
+def write_json(path: Path, document: Any, *, indent: int = 1) -> Path:
+    """Write a manifest atomically (see :func:`write_text`)."""
+    return write_text(path, json.dumps(document, indent=indent) + "\n")
 
 
 _Manifest = TypeVar("_Manifest", bound="Manifest")
@@ -245,3 +250,4 @@ class StageManifest(Manifest):
     seconds: float
     files: dict[str, dict[str, Any]]  # path relative to the stage folder -> {bytes, sha256}
     finished: str  # UTC time, ISO 8601
+    inputs: dict[str, str] = dataclasses.field(default_factory=dict)  # input artifact -> digest of its files

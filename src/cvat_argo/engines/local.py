@@ -3,21 +3,39 @@
 Each stage is the same ``python -m cvat_argo.steps.<module>`` command with the same arguments that
 the Argo container gets, run as a subprocess in dependency order (independent stages at the same
 time). Artifacts live in ``<store>/<run-id>/<stage>/<artifact>``; with an ``s3://bucket/prefix``
-store they are also uploaded under ``<prefix>/<run-id>/<stage>/<artifact>``, the key layout Argo uses.
+store they are also uploaded under ``<prefix>/<run-id>/<stage>/<artifact>``, the key layout Argo uses,
+and training checkpoints go under the same prefix.
 
-Every stage logs to ``<run>/<stage>/log.txt``. A finished stage writes ``manifest.json`` with the
-checksum of every output file: ``--resume RUN_ID`` skips stages whose outputs still match it, and a
-training stage that did not finish continues from its newest checkpoint. A failure names the stage,
-its exit code, the tail of its log and the log's path, and stops the run; nothing finished is
-deleted. Like Argo's exit handler, ``record-status`` runs at the end whatever happened.
+The engine supervises its stages:
+
+- A stage is complete only when its outputs are in the store and its ``manifest.json`` (the size and
+  checksum of every output file, and the digests of its inputs) was written after them, atomically.
+  ``--resume RUN_ID`` skips a stage only when its outputs still match and its inputs are the ones it
+  was made from, so a re-trained model is converted and used again; an interrupted training
+  continues from its newest checkpoint.
+- Any exception while running a stage fails that stage with its cause in one line; the engine never
+  waits on a dead worker. The first failure stops the run (nothing finished is deleted) and names the
+  stage, its exit code, the tail of its log and the log's path. The engine exits 75 when that failure
+  was transient (an outage), so a caller may retry.
+- Stage processes run in their own process group and die with the engine: SIGTERM and SIGINT stop
+  them, record ``status.json`` and the report, and exit 143 or 130; on Linux the kernel kills them if
+  the engine is killed outright (``PR_SET_PDEATHSIG``, see :func:`cvat_argo.entry.die_with_engine`).
+- A run folder belongs to one engine at a time (a lock file), and a run id names one request for
+  ever: the same id with the same request is a resume, with another request a refusal.
+
+Like Argo's exit handler, ``record-status`` runs at the end whatever happened.
 """
-
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +47,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import CvatArgoError, StageFailed
+from ..entry import ENGINE_PID_ENV
+from ..errors import CvatArgoError, StageFailed, TransientError
 from ..request.catalog import Catalog, ResolvedRequest, resolve_request
 from ..request.spec import TrainingRequest
 from ..storage.digest import file_sha256
@@ -38,6 +57,11 @@ from . import artifacts
 from .pipeline import PLACEHOLDER, TRANSIENT_EXIT_CODE, Pipeline, Stage, build_pipeline
 
 TAIL_LINES = 20
+#: Run ids become folder names and store keys: letters, digits, ``.``, ``_`` and ``-``, no leading dot.
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+LOCK_FILE = ".engine.lock"
+STOP_GRACE_SECONDS = 5.0
+EXIT_ON_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 @dataclass
@@ -48,6 +72,7 @@ class StageResult:
     exit_code: int | None = None
     attempts: int = 0
     tail: list[str] = field(default_factory=list)
+    error: str = ""  # the cause, in one line, when the engine itself failed the stage (not the step)
 
 
 @dataclass
@@ -59,6 +84,8 @@ class LocalRun:
     pipeline: Pipeline
     store_url: str
     results: dict[str, StageResult] = field(default_factory=dict)
+    resumed: bool = False  # an existing run folder: finished stages are checked and kept
+    stopped_by: int | None = None  # the signal that stopped the run, if one did
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
@@ -78,9 +105,15 @@ class LocalRun:
         """A file of ``artifact`` relative to the run folder, for links in the run's report."""
         return artifacts.relative_link(self.pipeline.producer(artifact).name, artifact, *files)
 
+    def store_parameters(self) -> dict[str, str]:
+        """With an ``s3://bucket/prefix`` store, keys the steps write (checkpoints) go under that prefix."""
+        if not self.store_url.startswith("s3://"):
+            return {}
+        return {"output-prefix": self.store_url.removeprefix("s3://").partition("/")[2].strip("/")}
+
     def resolve(self, stage: Stage, status: str = "Running", failures: str = "") -> list[str]:
         """The stage's command with this run's values and paths in place of the placeholders."""
-        values = self.pipeline.parameter_values()
+        values = {**self.pipeline.parameter_values(), **self.store_parameters()}
         run_fields = {"name": self.run_id, "status": status, "failures": failures}
 
         def fill(match) -> str:
@@ -112,12 +145,27 @@ def write_manifest(run: LocalRun, stage: Stage, seconds: float) -> None:
             files[path.relative_to(run.stage_dir(stage.name)).as_posix()] = {
                 "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     artifacts.StageManifest(stage=stage.name, seconds=round(seconds, 1), files=files,
-                            finished=datetime.now(timezone.utc).isoformat(timespec="seconds")
-                            ).write(run.stage_dir(stage.name))
+                            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            inputs=input_digests(run, stage)).write(run.stage_dir(stage.name))
+
+
+def input_digests(run: LocalRun, stage: Stage) -> dict[str, str]:
+    """For each input artifact, a digest of the files its producer's manifest lists for it."""
+    digests = {}
+    for source in stage.inputs:
+        try:
+            produced = artifacts.StageManifest.read_if_present(run.stage_dir(source.stage))
+        except CvatArgoError:
+            produced = None
+        prefix = f"{source.artifact}/"
+        listed = sorted((name, entry["sha256"]) for name, entry in (produced.files if produced else {}).items()
+                        if name == source.artifact or name.startswith(prefix))
+        digests[source.name] = hashlib.sha256(json.dumps(listed).encode()).hexdigest()
+    return digests
 
 
 def manifest_problem(run: LocalRun, stage: Stage) -> str | None:
-    """Why a stage's finished outputs cannot be reused; None when every file still matches."""
+    """Why a stage's finished outputs cannot be reused; None when they and the inputs they came from still match."""
     try:
         manifest = artifacts.StageManifest.read_if_present(run.stage_dir(stage.name))
     except CvatArgoError:
@@ -130,17 +178,64 @@ def manifest_problem(run: LocalRun, stage: Stage) -> str | None:
             return f"{relative} is missing"
         if file.stat().st_size != expected["bytes"] or file_sha256(file) != expected["sha256"]:
             return f"{relative} changed"
+    current = input_digests(run, stage)
+    changed = [name for name, digest in current.items() if manifest.inputs.get(name) != digest]
+    if changed:
+        return f"its input {', '.join(changed)} changed since it ran"
     return None
+
+
+class Supervisor:
+    """The stage processes of one run: each in its own process group, stopped together on a signal."""
+
+    def __init__(self) -> None:
+        self._processes: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self.stopping: int | None = None  # the signal that stops the run
+
+    def start(self, command: list[str], env: Mapping[str, str]) -> subprocess.Popen:
+        with self._lock:
+            if self.stopping is not None:
+                raise StageStopped(f"not started: the run is stopping ({signal.Signals(self.stopping).name})")
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       env={**env, ENGINE_PID_ENV: str(os.getpid())}, bufsize=1,
+                                       errors="replace", start_new_session=True)
+            self._processes.add(process)
+            return process
+
+    def finished(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._processes.discard(process)
+
+    def stop(self, signum: int, grace: float = STOP_GRACE_SECONDS) -> None:
+        """SIGTERM every stage's process group, then SIGKILL what is still there after ``grace`` seconds."""
+        with self._lock:
+            self.stopping = signum
+            processes = list(self._processes)
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+class StageStopped(CvatArgoError):
+    """A stage was not started, or was stopped, because the run is stopping."""
 
 
 class StageProcess:
     """One stage's subprocess: log file, the last lines for errors and the live status line."""
 
     def __init__(self, run: LocalRun, stage: Stage, env: Mapping[str, str], status: str = "Running",
-                 failures: str = ""):
+                 failures: str = "", supervisor: Supervisor | None = None):
         self.run, self.stage = run, stage
         self.command = run.resolve(stage, status, failures)
         self.env = dict(env)
+        self.supervisor = supervisor or Supervisor()
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.last_line = ""
         self.log_path = run.stage_dir(stage.name) / artifacts.STAGE_LOG
@@ -150,17 +245,23 @@ class StageProcess:
         with self.log_path.open("a", encoding="utf-8") as log:
             log.write(f"$ {' '.join(self.command)}\n")
             log.flush()
-            process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                       env=self.env, bufsize=1, errors="replace")
-            assert process.stdout is not None
-            for line in process.stdout:
-                log.write(line)
-                log.flush()
-                text = line.rstrip()
-                if text:
-                    self.tail.append(text)
-                    self.last_line = text
-            return process.wait()
+            process = self.supervisor.start(self.command, self.env)
+            try:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    log.write(line)
+                    log.flush()
+                    text = line.rstrip()
+                    if text:
+                        self.tail.append(text)
+                        self.last_line = text
+                return process.wait()
+            finally:
+                if process.poll() is None:  # the engine failed while reading: the stage goes with it
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                self.supervisor.finished(process)
 
 
 def _step_env(run: LocalRun) -> dict[str, str]:
@@ -221,8 +322,13 @@ def _upload(run: LocalRun, stage: Stage) -> None:
             store.put_file(local, key, overwrite=True)
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, CvatArgoError) else f"{type(exc).__name__}: {text}"
+
+
 def _run_stage(run: LocalRun, stage: Stage, env: Mapping[str, str], reporter: Reporter,
-               running: dict[str, tuple[StageProcess, float]]) -> StageResult:
+               running: dict[str, tuple[StageProcess, float]], supervisor: Supervisor) -> StageResult:
     outputs = [run.output_path(stage, a) for a in stage.outputs]
     if not stage.resumable:
         for path in outputs:  # an unfinished earlier attempt: not an output anyone relies on
@@ -233,44 +339,107 @@ def _run_stage(run: LocalRun, stage: Stage, env: Mapping[str, str], reporter: Re
     attempt = 0
     while True:
         attempt += 1
-        process = StageProcess(run, stage, env)
+        process = StageProcess(run, stage, env, supervisor=supervisor)
         running[stage.name] = (process, time.monotonic())
-        code = process.execute()
-        running.pop(stage.name, None)
-        if code == 0:
-            seconds = time.monotonic() - started
-            write_manifest(run, stage, seconds)
-            _upload(run, stage)
-            return StageResult(stage.name, "succeeded", seconds, 0, attempt)
+        try:
+            code = process.execute()
+            if code == 0:
+                _upload(run, stage)  # the outputs are in the store before the manifest says the stage is done
+                seconds = time.monotonic() - started
+                write_manifest(run, stage, seconds)
+                return StageResult(stage.name, "succeeded", seconds, 0, attempt)
+            error = ""
+        except TransientError as exc:  # the store went away while the outputs were uploaded
+            code, error = TRANSIENT_EXIT_CODE, _one_line(exc)
+        finally:
+            running.pop(stage.name, None)
+        if supervisor.stopping is not None:
+            return StageResult(stage.name, "failed", time.monotonic() - started, code, attempt, list(process.tail),
+                               f"stopped by {signal.Signals(supervisor.stopping).name}")
         if code == TRANSIENT_EXIT_CODE and attempt <= limit:
             wait = min(2 ** attempt, 30)
-            reporter.say(f"{stage.name}: transient failure (exit {code}), retry {attempt}/{limit} in {wait} s")
+            reporter.say(f"{stage.name}: transient failure ({error or f'exit {code}'}), retry {attempt}/{limit} "
+                         f"in {wait} s")
             time.sleep(wait)
             if not stage.resumable:
                 for path in outputs:
                     shutil.rmtree(path, ignore_errors=True)
             continue
-        return StageResult(stage.name, "failed", time.monotonic() - started, code, attempt, list(process.tail))
+        return StageResult(stage.name, "failed", time.monotonic() - started, code, attempt, list(process.tail), error)
+
+
+@contextlib.contextmanager
+def _run_lock(root: Path):
+    """One engine per run folder: a second one refuses in one line instead of sharing the stages' folders."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / LOCK_FILE).open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise CvatArgoError(f"run {root.name} is being run by another engine ({holder}): wait for it to end, "
+                                "or stop it, before resuming") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(supervisor: Supervisor, reporter: Reporter):
+    """SIGTERM and SIGINT stop the stages (in the main thread only, where Python can take signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame) -> None:
+        if supervisor.stopping is None:
+            reporter.say(f"{signal.Signals(signum).name}: stopping the running stages")
+            threading.Thread(target=supervisor.stop, args=(signum,), daemon=True).start()
+
+    previous = {signum: signal.signal(signum, handler) for signum in EXIT_ON_SIGNAL}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def execute(run: LocalRun, *, reporter: Reporter | None = None, resume: bool = False,
             on_stage_done: Callable[[StageResult], None] | None = None) -> dict[str, StageResult]:
     """Run every stage in dependency order, independent ones in parallel; then the exit step."""
     reporter = reporter or Reporter()
+    supervisor = Supervisor()
+    with _run_lock(run.root), _stop_on_signals(supervisor, reporter):
+        done = _schedule(run, reporter, supervisor, resume, on_stage_done)
+        run.results = done
+        run.stopped_by = supervisor.stopping
+        _exit_step(run, _step_env(run), done)
+    return done
+
+
+def _schedule(run: LocalRun, reporter: Reporter, supervisor: Supervisor, resume: bool,
+              on_stage_done: Callable[[StageResult], None] | None) -> dict[str, StageResult]:
     env = _step_env(run)
-    pipeline = run.pipeline
-    pending = [s for s in pipeline.topological_order()]
+    pending = list(run.pipeline.topological_order())
     done: dict[str, StageResult] = {}
     running: dict[str, tuple[StageProcess, float]] = {}
     threads: dict[str, threading.Thread] = {}
     lock = threading.Lock()
-    failed: StageResult | None = None
 
     def worker(stage: Stage) -> None:
-        result = _run_stage(run, stage, env, reporter, running)
+        try:
+            result = _run_stage(run, stage, env, reporter, running, supervisor)
+        except Exception as exc:  # the engine's own failure (a full disk, a bug): the stage fails, the run goes on
+            result = StageResult(stage.name, "failed", exit_code=None, error=_one_line(exc))
         with lock:
             done[stage.name] = result
-        verb = "finished" if result.status == "succeeded" else f"FAILED (exit {result.exit_code})"
+        verb = "finished" if result.status == "succeeded" else f"FAILED ({result.error or f'exit {result.exit_code}'})"
         reporter.say(f"{stage.name} {verb} in {_clock(result.seconds)}")
         if on_stage_done:
             on_stage_done(result)
@@ -279,7 +448,7 @@ def execute(run: LocalRun, *, reporter: Reporter | None = None, resume: bool = F
     while pending or threads:
         with lock:
             failed = next((r for r in done.values() if r.status == "failed"), None)
-        if failed is None:
+        if failed is None and supervisor.stopping is None:
             for stage in list(pending):
                 if not all(done.get(d) and done[d].status in ("succeeded", "skipped") for d in stage.depends):
                     continue
@@ -289,6 +458,8 @@ def execute(run: LocalRun, *, reporter: Reporter | None = None, resume: bool = F
                     done[stage.name] = StageResult(stage.name, "skipped")
                     reporter.say(f"{stage.name}: outputs complete and unchanged, skipped")
                     continue
+                if resume:
+                    reporter.say(f"{stage.name}: runs again ({problem})")
                 reporter.say(f"{stage.name} started ({' '.join(stage.command[2:3])})")
                 thread = threading.Thread(target=worker, args=(stage,), name=stage.name, daemon=True)
                 threads[stage.name] = thread
@@ -299,20 +470,21 @@ def execute(run: LocalRun, *, reporter: Reporter | None = None, resume: bool = F
             if not thread.is_alive():
                 thread.join()
                 threads.pop(name)
+                with lock:  # a worker cannot die without a result, but the engine never waits on one that did
+                    done.setdefault(name, StageResult(name, "failed", error="the engine's worker ended without "
+                                                                               "a result"))
         if time.monotonic() - last_beat >= (1.0 if reporter.tty else reporter.heartbeat) and running:
             reporter.live(list(running.values()))
             last_beat = time.monotonic()
         time.sleep(0.2)
     for stage in pending:
         done.setdefault(stage.name, StageResult(stage.name, "not run"))
-    run.results = done
-    _exit_step(run, env, done)
     return done
 
 
 def _exit_step(run: LocalRun, env: Mapping[str, str], done: Mapping[str, StageResult]) -> None:
     failures = [{"displayName": r.name, "templateName": r.name, "phase": "Failed",
-                 "message": f"exit code {r.exit_code}"} for r in done.values() if r.status == "failed"]
+                 "message": r.error or f"exit code {r.exit_code}"} for r in done.values() if r.status == "failed"]
     status = "Failed" if failures else "Succeeded"
     stage = run.pipeline.exit_stage
     shutil.rmtree(run.stage_dir(stage.name), ignore_errors=True)
@@ -320,22 +492,49 @@ def _exit_step(run: LocalRun, env: Mapping[str, str], done: Mapping[str, StageRe
 
 
 def failure_message(run: LocalRun, result: StageResult) -> str:
-    tail = "\n".join(f"    {line}" for line in result.tail)
     log = run.stage_dir(result.name) / artifacts.STAGE_LOG
-    return (f"stage {result.name} failed with exit code {result.exit_code} after {result.attempts} attempt(s); "
-            f"last lines of its log:\n{tail}\nfull log: {log}\n"
-            f"finished stages are kept; continue with: python -m cvat_argo run --resume {run.run_id}")
+    resume = f"finished stages are kept; continue with: python -m cvat_argo run --resume {run.run_id}"
+    if result.error and not result.tail:
+        return f"stage {result.name} failed: {result.error}\nlog: {log}\n{resume}"
+    tail = "\n".join(f"    {line}" for line in result.tail)
+    cause = f": {result.error}" if result.error else ""
+    return (f"stage {result.name} failed with exit code {result.exit_code} after {result.attempts} attempt(s)"
+            f"{cause}; last lines of its log:\n{tail}\nfull log: {log}\n{resume}")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is a folder name and a store key: refuse anything that could leave the store."""
+    if not RUN_ID.fullmatch(run_id):
+        shown = run_id if len(run_id) <= 60 else run_id[:57] + "..."
+        raise CvatArgoError(f"run id {shown!r} is not allowed: use letters, digits, '.', '_' and '-' (at most 100, "
+                            "not starting with '.' or '-')")
+    return run_id
 
 
 def prepare(request: TrainingRequest | ResolvedRequest, *, store: str = "runs", run_id: str | None = None,
             catalog: Catalog | None = None) -> LocalRun:
+    """A new run folder for ``request``; an existing run with the same id and request is resumed instead.
+
+    A run id names one request for ever: reusing it for another request would mix two runs' data and
+    checkpoints, so that is refused.
+    """
     resolved = resolve_request(request, catalog)
     pipeline = build_pipeline(resolved)
-    run_id = run_id or new_run_id(resolved.request)
+    run_id = check_run_id(run_id or new_run_id(resolved.request))
     root = _run_root(store, run_id)
-    root.mkdir(parents=True, exist_ok=True)
     saved = root / artifacts.RUN_REQUEST
-    saved.write_text(resolved.request.model_dump_json(indent=1) + "\n", encoding="utf-8")
+    if saved.exists():
+        existing = _saved_request(root, run_id)
+        if existing != resolved.request:
+            raise CvatArgoError(
+                f"run {run_id} already exists in {root.parent} for another request (model {existing.model}, "
+                f"arguments {existing.arguments.to_string() or 'defaults'}, source {existing.source.describe()}): "
+                f"pick a new --run-id, or continue that run with --resume {run_id}")
+        return LocalRun(run_id=run_id, root=root, pipeline=pipeline, store_url=store, resumed=True)
+    if root.exists() and any(root.iterdir()):
+        raise CvatArgoError(f"{root} exists and is not a run folder (no {artifacts.RUN_REQUEST}): pick a new --run-id")
+    root.mkdir(parents=True, exist_ok=True)
+    artifacts.write_text(saved, resolved.request.model_dump_json(indent=1) + "\n")
     return LocalRun(run_id=run_id, root=root, pipeline=pipeline, store_url=store)
 
 
@@ -345,14 +544,23 @@ def _run_root(store: str, run_id: str) -> Path:
     return Path(store) / run_id
 
 
-def reopen(run_id: str, *, store: str = "runs", catalog: Catalog | None = None) -> LocalRun:
-    root = _run_root(store, run_id)
+def _saved_request(root: Path, run_id: str) -> TrainingRequest:
     saved = root / artifacts.RUN_REQUEST
-    if not saved.exists():
+    try:
+        return TrainingRequest.model_validate_json(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:160]
+        raise CvatArgoError(f"{saved}: run {run_id}'s request cannot be read ({first}); start a new run") from None
+
+
+def reopen(run_id: str, *, store: str = "runs", catalog: Catalog | None = None) -> LocalRun:
+    root = _run_root(store, check_run_id(run_id))
+    if not (root / artifacts.RUN_REQUEST).exists():
         raise CvatArgoError(
             f"no run {run_id} in {root.parent} (no {artifacts.RUN_REQUEST}): check the run id and --store")
-    request = TrainingRequest.model_validate_json(saved.read_text(encoding="utf-8"))
-    return LocalRun(run_id=run_id, root=root, pipeline=build_pipeline(request, catalog), store_url=store)
+    request = _saved_request(root, run_id)
+    return LocalRun(run_id=run_id, root=root, pipeline=build_pipeline(request, catalog), store_url=store,
+                    resumed=True)
 
 
 def summary_of(run: LocalRun) -> dict[str, Any]:
@@ -365,21 +573,32 @@ def run_locally(request: TrainingRequest | ResolvedRequest | None = None, *, sto
     """Run a request (or ``resume`` a run) here, write its report; raise :class:`StageFailed` on a failed stage.
 
     The notebook entry point: ``run = cvat_argo.run_locally(request)``, then read ``run.root``.
+    :class:`StageFailed` exits 75 when the failure was transient, 130/143 when a signal stopped the run.
     """
-    from ..reports.run import write_run_report
-
     if resume:
         run = reopen(resume, store=store, catalog=catalog)
     elif request is not None:
         run = prepare(request, store=store, run_id=run_id, catalog=catalog)
     else:
         raise CvatArgoError("give a request to run, or the id of a run to resume")
+    return complete(run)
+
+
+def complete(run: LocalRun) -> LocalRun:
+    """Execute a prepared or reopened run and write its report; raise :class:`StageFailed` as ``run_locally``."""
+    from ..reports.run import write_run_report
+
     resolved = run.pipeline.resolved
-    print(f"run {run.run_id}: {resolved.model.name}, arguments {resolved.arguments.to_string()}; folder {run.root}",
-          flush=True)
-    results = execute(run, resume=bool(resume))
+    print(f"run {run.run_id}: {resolved.model.name}, arguments {resolved.arguments.to_string()}; folder {run.root}"
+          + (" (resumed)" if run.resumed else ""), flush=True)
+    results = execute(run, resume=run.resumed)
     write_run_report(run)
+    if run.stopped_by is not None:
+        name = signal.Signals(run.stopped_by).name
+        raise StageFailed(f"run {run.run_id} stopped by {name}; finished stages are kept; continue with: "
+                          f"python -m cvat_argo run --resume {run.run_id}", exit_code=EXIT_ON_SIGNAL[run.stopped_by])
     failed = next((r for r in results.values() if r.status == "failed"), None)
     if failed is not None:
-        raise StageFailed(failure_message(run, failed))
+        transient = failed.exit_code == TRANSIENT_EXIT_CODE
+        raise StageFailed(failure_message(run, failed), exit_code=TRANSIENT_EXIT_CODE if transient else None)
     return run
