@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import re
 import stat
 import struct
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -197,3 +199,43 @@ def test_zip_header_that_understates_the_size(dirs):
     with pytest.raises(DatasetError, match=re.escape("refused member 'big.bin'")):
         extract(archive, dest)
     assert not dest.exists() and list(dest.parent.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ kind by first bytes
+
+
+def test_a_file_of_zeros_is_not_an_archive_and_is_judged_at_once(dirs):
+    """tarfile.is_tarfile read 64 MiB of zeros for 3 s of CPU and called them an (empty) tar."""
+    source, dest = dirs
+    zeros = source / "base.tar"
+    with zeros.open("wb") as file:
+        file.truncate(64 * 2**20)  # sparse: all zeros, no disk
+    cpu = time.process_time()
+    assert not is_archive(zeros)
+    with pytest.raises(DatasetError, match=re.escape(f"{zeros} is not a zip or tar archive")):
+        extract(zeros, dest)
+    assert time.process_time() - cpu < 0.2
+    assert not dest.parent.exists()  # refused before anything was made
+
+
+def test_kind_comes_from_the_first_bytes_not_the_name(tmp_path):
+    from cvat_argo.storage.archive import archive_kind
+
+    members = [(_file("a.txt"), b"a" * 1000)]
+    for kind, suffix in (("tar", ".tar"), ("tar.gz", ".gz"), ("tar.bz2", ".bz2"), ("tar.xz", ".xz")):
+        built = _tar(tmp_path / f"x{suffix}", members)
+        renamed = built.rename(tmp_path / f"weights-{kind}.bin")
+        assert archive_kind(renamed) == kind
+    assert archive_kind(_zip(tmp_path / "x.zip", [("a.txt", b"a")]).rename(tmp_path / "export.tar")) == "zip"
+    (tmp_path / "plain.gz").write_bytes(gzip.compress(b"not a tar, only gzip" * 100))
+    (tmp_path / "v7-looking.tar").write_bytes(b"a.txt".ljust(512, b"\0") + bytes(1024))
+    (tmp_path / "xz-garbage.tar.xz").write_bytes(b"\xfd7zXZ\x00" + os.urandom(100))
+    for name in ("plain.gz", "v7-looking.tar", "xz-garbage.tar.xz"):
+        assert archive_kind(tmp_path / name) is None, name
+
+
+def test_refusals_name_the_source_not_the_download(dirs):
+    source, dest = dirs
+    archive = _zip(source / "x.zip", [("../evil", b"pwned")])
+    with pytest.raises(DatasetError, match=re.escape("https://example.com/base.zip: refused member '../evil'")):
+        extract(archive, dest, name="https://example.com/base.zip")

@@ -19,7 +19,7 @@ import pytest
 from cvat_argo.engines.artifacts import artifact_key
 from cvat_argo.errors import CvatArgoError, DatasetError, TransientError
 from cvat_argo.storage import fetch as fetch_module
-from cvat_argo.storage.fetch import fetch
+from cvat_argo.storage.fetch import MODEL_ROOTS_VAR, Limits, fetch, local_roots
 from cvat_argo.storage.store import (
     LocalStore,
     S3Store,
@@ -28,7 +28,7 @@ from cvat_argo.storage.store import (
     store_from_env,
     store_from_url,
 )
-from support.fixtures_servers import http_server, s3_server  # noqa: F401
+from support.fixtures_servers import GZIPPED_PAYLOAD, hostile_http_server, http_server, s3_server  # noqa: F401
 
 KEY = "runs/run-1/train/model"
 
@@ -322,3 +322,54 @@ def test_fetch_local_path_is_returned_as_is(tmp_path):
         fetch(str(tmp_path / "nope.zip"), tmp_path / "dl")
     with pytest.raises(CvatArgoError, match="not 64 hex digits"):
         fetch(str(source), tmp_path / "dl", expected_sha256="abc")
+
+
+def test_fetch_decodes_an_encoding_the_server_sends_anyway(hostile_http_server, tmp_path):  # noqa: F811
+    """identity is asked for; a server that gzips anyway (two members here) is decoded, digest of the file."""
+    digest = hashlib.sha256(GZIPPED_PAYLOAD).hexdigest()
+    got = fetch(f"{hostile_http_server.url}/gzipped/weights.bin", tmp_path / "dl", progress=False,
+                expected_sha256=digest)
+    assert got.read_bytes() == GZIPPED_PAYLOAD
+    with pytest.raises(DatasetError, match="refused after writing more than the size cap of 1048576 bytes"):
+        fetch(f"{hostile_http_server.url}/gzipped/weights.bin", tmp_path / "small", progress=False,
+              limits=Limits(max_bytes=2**20, what="a test"))
+    assert list((tmp_path / "small").iterdir()) == []
+
+
+def test_fetch_under_local_roots(tmp_path):
+    """With allowed roots a file is returned as it is and a folder is copied, links and all refused."""
+    root = tmp_path / "models"
+    (root / "base" / "variables").mkdir(parents=True)
+    (root / "base" / "variables" / "ckpt-1.data-00000-of-00001").write_bytes(b"w" * 1000)
+    (root / "base" / "ckpt-1.index").write_bytes(b"i")
+    (root / "base.tar").write_bytes(b"t")
+    roots = local_roots({MODEL_ROOTS_VAR: f"{root}{os.pathsep}"})
+    assert roots == (root.resolve(),)
+    assert fetch(str(root / "base.tar"), tmp_path / "dl", local_roots=roots) == (root / "base.tar").resolve()
+    copied = fetch((root / "base").as_uri(), tmp_path / "dl", local_roots=roots)
+    assert copied == tmp_path / "dl" / "base" and _files(copied) == _files(root / "base")
+    with pytest.raises(DatasetError, match=r"more than the size cap of 1000 bytes \(1000 B; a test\)"):
+        fetch(str(root / "base"), tmp_path / "small", local_roots=roots, limits=Limits(max_bytes=1000, what="a test"))
+    assert list((tmp_path / "small").iterdir()) == []
+    (root / "base" / "variables" / "fifo").unlink(missing_ok=True)
+    os.mkfifo(root / "base" / "variables" / "fifo")
+    with pytest.raises(DatasetError, match=re.escape("refused 'variables/fifo': not a regular file or folder")):
+        fetch(str(root / "base"), tmp_path / "fifo", local_roots=roots)
+    with pytest.raises(CvatArgoError, match="must lie in an allowed folder"):
+        fetch(str(tmp_path), tmp_path / "dl2", local_roots=roots)
+    assert not (tmp_path / "dl2").exists()
+    assert fetch(str(tmp_path), tmp_path / "dl2") == tmp_path  # no roots: a user's own path, as it is
+
+
+def test_fetch_s3_respects_the_size_cap(s3_server, tree, tmp_path):  # noqa: F811
+    """Object sizes are checked against the cap before a byte is downloaded."""
+    bucket = _bucket(s3_server)
+    store_from_url(f"s3://{bucket}", s3_server).put_dir(tree, "m")
+    cap = Limits(max_bytes=2**20, what="a test")
+    uri = f"s3://{bucket}/m/variables/ckpt-3.data-00000-of-00001"
+    with pytest.raises(DatasetError, match=re.escape(f"{uri}: refused: it is {6 * 2**20 + 17} bytes, more than the "
+                                                     "size cap of 1048576 bytes")):
+        fetch(uri, tmp_path / "dl", env=s3_server, limits=cap)
+    with pytest.raises(DatasetError, match=re.escape(f"s3://{bucket}/m/: refused: it holds")):
+        fetch(f"s3://{bucket}/m/", tmp_path / "dl", env=s3_server, limits=cap)
+    assert not (tmp_path / "dl").exists()

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..engines.artifacts import STAGE_NAMES
 
@@ -33,6 +34,18 @@ class Checkpoint(BaseModel):
         "backbone", description="what to restore: the backbone only, or the whole model but the class head",
     )
     trained_on: str = Field("", description="what the weights were trained on, for the catalog table")
+    max_bytes: int | None = Field(
+        None, gt=0, strict=True,
+        description="most bytes pull-base-model may download, and unpack, for these weights (each); None: 5 GiB",
+    )
+
+    @pydantic.model_serializer(mode="wrap")
+    def _omit_unset_cap(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset, the cap stays out of dumps: model-spec parameters and rendered templates keep their form.
+        data = handler(self)
+        if self.max_bytes is None:
+            data.pop("max_bytes", None)
+        return data
 
     @field_validator("uri")
     @classmethod
@@ -52,6 +65,50 @@ class EpochRule(BaseModel):
 
     up_to_images: int | None = Field(None, ge=1)
     epochs: int = Field(ge=1, le=10_000)
+
+
+# Bounds of the free-form Model Garden configs (backbone, decoder): theirs are a few levels and keys.
+FREE_FORM_MAX_DEPTH = 6  # {type: resnet, resnet: {model_id: 50}} is 2 deep
+FREE_FORM_MAX_ITEMS = 256  # keys, values and list items, counted as written out (shared parts count each time)
+FREE_FORM_MAX_TEXT = 1024  # characters of one key or string value
+
+
+def free_form_problem(value: Any, field: str) -> str | None:
+    """Why a free-form config (``backbone``, ``decoder``) is unusable, or None; never walks past the bounds.
+
+    It must be a mapping of plain YAML/JSON values with a string ``type`` (the Model Garden one-of
+    branch), at most :data:`FREE_FORM_MAX_DEPTH` levels deep and :data:`FREE_FORM_MAX_ITEMS` items.
+    """
+    if not isinstance(value, dict):
+        return f"expected a mapping, got {type(value).__name__}"
+    if not isinstance(value.get("type"), str):
+        example = "resnet" if field == "backbone" else "fpn"
+        return f"needs a 'type' naming the Model Garden {field} (e.g. type: {example})"
+    items = 0
+    pending: list[tuple[Any, str, int]] = [(value, field, 1)]
+    while pending:
+        node, where, depth = pending.pop()
+        if isinstance(node, str):
+            if len(node) > FREE_FORM_MAX_TEXT:
+                return f"{where}: a string of {len(node)} characters, over {FREE_FORM_MAX_TEXT}"
+            continue
+        if node is None or isinstance(node, (bool, int, float)):
+            continue
+        if not isinstance(node, (dict, list, tuple)):
+            return f"{where}: {type(node).__name__} values are not allowed (strings, numbers, booleans, lists, maps)"
+        if depth > FREE_FORM_MAX_DEPTH:
+            return f"{where}: nested deeper than {FREE_FORM_MAX_DEPTH} levels; a Model Garden {field} config is flat"
+        items += len(node)
+        if items > FREE_FORM_MAX_ITEMS:
+            return f"more than {FREE_FORM_MAX_ITEMS} keys and values; a Model Garden {field} config has a few dozen"
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if not isinstance(key, str) or len(key) > FREE_FORM_MAX_TEXT:
+                    return f"{where}: keys are strings of at most {FREE_FORM_MAX_TEXT} characters"
+                pending.append((child, f"{where}.{key}", depth + 1))
+        else:
+            pending.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(node))
+    return None
 
 
 class ModelEntry(BaseModel):
@@ -91,6 +148,14 @@ class ModelEntry(BaseModel):
             return (f"input_size={input_size} is not a multiple of {multiple}, which model {self.name} needs "
                     f"(its feature pyramid halves the image down to 1/{multiple}); use e.g. input_size={suggestion}")
         return None
+
+    @field_validator("backbone", "decoder")
+    @classmethod
+    def _bounded_free_form(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        problem = free_form_problem(value, str(info.field_name))
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("images")
     @classmethod

@@ -11,6 +11,18 @@ step number, not by string order (``ckpt-10`` after ``ckpt-9``). With a store co
 (``CVAT_ARGO_STORE``) the result is cached under ``base-models/<sha256>/`` and the next run with the
 same digest downloads nothing. ``--mirror`` serves air-gapped clusters: the file is looked up under
 the mirror by its name instead of at its origin.
+
+Bounds (the rules live in :mod:`cvat_argo.storage.fetch` and :mod:`cvat_argo.storage.archive`; this
+stage only chooses the values): the catalog's ``checkpoint.max_bytes`` (default 5 GiB) caps what is
+downloaded or copied and, separately, what an archive unpacks to; a download may take 2 h. The archive
+kind is read from the file's first bytes before anything hashes or scans it. A local path or ``file://``
+must lie under an allowed root: the folders in ``CVAT_ARGO_MODEL_ROOTS``, plus this run's own store
+folder — the root of a local ``CVAT_ARGO_STORE``, and for a local run (``--out`` is
+``<store>/<run-id>/pull-base-model/base-model`` beside the run's ``request.json``) ``<store>``, where
+the earlier runs to fine-tune from live. System folders (``/etc``, ``/proc``, ...) are never allowed; a
+local folder is copied without following links, and a link inside it is refused. A refusal exits 2
+(roots) or 4 (caps, links, not an archive), never 75; whatever the step wrote to ``--out`` and its
+temporary folder are removed on every failure, KeyboardInterrupt included.
 """
 
 from __future__ import annotations
@@ -18,11 +30,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,10 +44,11 @@ from ..engines import artifacts
 from ..entry import run_step
 from ..errors import DatasetError
 from ..request.catalog import entry_from_parameters
-from ..storage.archive import extract, is_archive
+from ..request.model_entry import ModelEntry
+from ..storage.archive import archive_kind, extract
 from ..storage.digest import file_sha256
-from ..storage.fetch import fetch
-from ..storage.store import Store, store_from_env
+from ..storage.fetch import DEFAULT_MAX_BYTES, Limits, fetch, fetch_files, local_roots
+from ..storage.store import LocalStore, Store, store_from_env
 
 CACHE_PREFIX = "base-models"
 CHECKPOINT_DIR = "checkpoint"
@@ -61,8 +75,30 @@ def tree_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).hexdigest().encode() + b"\n")
+        digest.update(file_sha256(path).encode() + b"\n")  # chunked: a 5 GiB shard never sits in memory
     return digest.hexdigest()
+
+
+def checkpoint_limits(entry: ModelEntry) -> Limits:
+    """The fetch limits for an entry's base model: its ``checkpoint.max_bytes``, or the 5 GiB default."""
+    if entry.checkpoint.max_bytes is None:
+        return Limits(max_bytes=DEFAULT_MAX_BYTES, what=f"the default for base models; set checkpoint.max_bytes "
+                                                         f"in model {entry.name}'s catalog entry to change it")
+    return Limits(max_bytes=entry.checkpoint.max_bytes, what=f"checkpoint.max_bytes of model {entry.name}")
+
+
+def run_store_folders(out: Path, store: Store | None) -> list[Path]:
+    """The run's own store folders, which local base models may come from besides ``CVAT_ARGO_MODEL_ROOTS``.
+
+    A :class:`LocalStore`'s root, and for a local run (``out`` is the pull-base-model artifact of a run
+    folder holding its ``request.json``) the folder that holds the run folders.
+    """
+    folders = [store.root] if isinstance(store, LocalStore) else []
+    run_root = Path(out).parent.parent
+    if (artifacts.artifact_path(run_root, artifacts.PULL_BASE_MODEL, artifacts.BASE_MODEL) == Path(out)
+            and (run_root / artifacts.RUN_REQUEST).is_file()):
+        folders.append(run_root.parent)
+    return folders
 
 
 def mirrored(uri: str, mirror: str | None) -> str:
@@ -73,22 +109,29 @@ def mirrored(uri: str, mirror: str | None) -> str:
     return mirror.rstrip("/") + "/" + name
 
 
-def _fetch_source(uri: str, work: Path, expected: str | None) -> tuple[Path, str]:
-    """Download into ``work``; returns (local path, sha256 of what was fetched)."""
+def _fetch_source(uri: str, work: Path, expected: str | None, limits: Limits,
+                  roots: Sequence[Path]) -> tuple[Path, str]:
+    """Download (or copy) into ``work``; returns (local path, sha256 of what was fetched).
+
+    A single file must be an archive by its first bytes, checked before it is hashed or unpacked.
+    """
     scheme = urlsplit(uri).scheme
     if scheme in ("gs", "http", "https") and _CKPT_PREFIX.search(urlsplit(uri).path):
-        # a bare checkpoint prefix on a web server: its two files by name
+        # a bare checkpoint prefix on a web server: its two files by name, under one cap
         folder = work / "prefix"
-        for suffix in (".index", ".data-00000-of-00001"):
-            fetch(uri + suffix, folder)
+        fetch_files([uri + suffix for suffix in (".index", ".data-00000-of-00001")], folder, limits=limits)
         digest = tree_digest(folder)
         if expected and digest != expected:
             raise DatasetError(f"{uri}: sha256 {digest} does not match the expected {expected}")
         return folder, digest
-    local = fetch(uri, work / "download", expected_sha256=expected if _single_file_uri(uri) else None)
+    local = fetch(uri, work / "download", expected_sha256=expected if _single_object_uri(uri) else None,
+                  limits=limits, local_roots=roots)
     if local.is_file():
-        return local, file_sha256(local)
-    if local.is_dir():
+        if archive_kind(local) is None:
+            raise DatasetError(f"{uri} is not an archive: its first bytes match no zip, gzip, bzip2, xz or tar "
+                               "signature (give a .tar.gz/.zip of the checkpoint, its folder, or its prefix)")
+        digest = file_sha256(local)
+    elif local.is_dir():
         digest = tree_digest(local)
     else:  # an s3:// checkpoint prefix: fetch returned the prefix path, its files sit beside it
         siblings = sorted(local.parent.glob(local.name + ".*"))
@@ -104,19 +147,16 @@ def _fetch_source(uri: str, work: Path, expected: str | None) -> tuple[Path, str
     return local, digest
 
 
-def _single_file_uri(uri: str) -> bool:
-    scheme = urlsplit(uri).scheme
-    if scheme in ("", "file"):
-        path = Path(urlsplit(uri).path if scheme else uri)
-        return path.is_file()
-    return not uri.endswith("/")
+def _single_object_uri(uri: str) -> bool:
+    """Whether fetch can check the digest while it downloads: one remote object (a local path: checked here)."""
+    return urlsplit(uri).scheme not in ("", "file") and not uri.endswith("/")
 
 
-def _unpack(local: Path, checkpoint_dir: Path, uri: str) -> Path:
-    if local.is_file() and is_archive(local):
-        extract(local, checkpoint_dir)
-    elif local.is_dir():
-        shutil.copytree(local, checkpoint_dir, dirs_exist_ok=True)
+def _unpack(local: Path, checkpoint_dir: Path, uri: str, limits: Limits) -> Path:
+    if local.is_file():  # an archive: _fetch_source checked its first bytes
+        extract(local, checkpoint_dir, max_bytes=limits.max_bytes, name=uri)
+    elif local.is_dir():  # always a copy in the work folder (fetch copies local folders): moved, not copied
+        shutil.move(str(local), str(checkpoint_dir))
     else:
         raise DatasetError(f"{uri} is neither an archive nor a folder with a TensorFlow checkpoint")
     prefix = newest_checkpoint(checkpoint_dir)
@@ -133,33 +173,64 @@ def _from_cache(store: Store | None, digest: str | None, out: Path) -> bool:
 
 
 def pull(model: str, model_spec: str, uri: str, sha256: str, out: Path, mirror: str | None = None,
-         store: Store | None = None) -> dict[str, Any]:
+         store: Store | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     entry = entry_from_parameters(model, model_spec)
     source = uri or entry.checkpoint.uri
     expected = (sha256 or (entry.checkpoint.sha256 if not uri else None) or "").lower() or None
+    out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DatasetError(f"output folder {out} exists and is not empty: refusing to overwrite it")
-    out.mkdir(parents=True, exist_ok=True)
     if source is None:
+        out.mkdir(parents=True, exist_ok=True)
         manifest = artifacts.BaseModelManifest(
             model=entry.name, uri=None, note="the catalog names no base checkpoint: training starts from scratch")
         manifest.write(out)
         return dataclasses.asdict(manifest)
     source = mirrored(source, mirror)
-    if _from_cache(store, expected, out):
-        return {**dataclasses.asdict(artifacts.BaseModelManifest.read(out)), "cached": True}
-    with tempfile.TemporaryDirectory(prefix="cvat-argo-pull-") as work:
-        local, digest = _fetch_source(source, Path(work), expected)
-        prefix = _unpack(local, out / CHECKPOINT_DIR, source)
-    manifest = artifacts.BaseModelManifest(
-        model=entry.name, uri=source, sha256=digest, pinned=expected is not None,
-        checkpoint=prefix.relative_to(out).as_posix(), modules=entry.checkpoint.modules,
-        trained_on=entry.checkpoint.trained_on,
-    )
-    manifest.write(out)
-    if store is not None and not store.exists(f"{CACHE_PREFIX}/{digest}/{artifacts.BASE_MODEL_MANIFEST}"):
-        store.put_dir(out, f"{CACHE_PREFIX}/{digest}")
+    limits = checkpoint_limits(entry)
+    roots = local_roots(os.environ if env is None else env, extra=run_store_folders(out, store))
+    created = _first_missing(out)  # what a failure removes: out, and the folders made to hold it
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if _from_cache(store, expected, out):
+            return {**dataclasses.asdict(artifacts.BaseModelManifest.read(out)), "cached": True}
+        with tempfile.TemporaryDirectory(prefix="cvat-argo-pull-") as work:
+            local, digest = _fetch_source(source, Path(work), expected, limits, roots)
+            prefix = _unpack(local, out / CHECKPOINT_DIR, source, limits)
+        manifest = artifacts.BaseModelManifest(
+            model=entry.name, uri=source, sha256=digest, pinned=expected is not None,
+            checkpoint=prefix.relative_to(out).as_posix(), modules=entry.checkpoint.modules,
+            trained_on=entry.checkpoint.trained_on,
+        )
+        manifest.write(out)
+        if store is not None and not store.exists(f"{CACHE_PREFIX}/{digest}/{artifacts.BASE_MODEL_MANIFEST}"):
+            store.put_dir(out, f"{CACHE_PREFIX}/{digest}")
+    except BaseException:
+        _clear(out, created)
+        raise
     return {**dataclasses.asdict(manifest), "cached": False}
+
+
+def _first_missing(out: Path) -> Path | None:
+    """The outermost folder of ``out`` that does not exist yet (``out`` itself, or one above); None if it exists."""
+    if out.exists():
+        return None
+    missing = out
+    while not missing.parent.exists() and missing.parent != missing:
+        missing = missing.parent
+    return missing
+
+
+def _clear(out: Path, created: Path | None) -> None:
+    """Undo a failed pull: ``out`` was empty (or absent) when it began, so all it holds is this step's."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

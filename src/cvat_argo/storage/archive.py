@@ -6,10 +6,19 @@ the disk (a zip bomb, or a header that understates a member's size). :func:`extr
 these with a :class:`~cvat_argo.errors.DatasetError` naming the archive and the member, and it
 extracts into a staging folder beside ``dest`` first, so a refusal leaves neither a half-extracted
 tree in ``dest`` nor anything outside it.
+
+The kind of archive is decided by :func:`archive_kind` from its first bytes, never by scanning the whole
+file (``tarfile.is_tarfile`` reads a file of zeros to its end, minutes for a few GB): zip by
+``PK\\x03\\x04`` (or ``PK\\x05\\x06``, an empty zip) and its central directory; gzip (``\\x1f\\x8b``),
+bzip2 (``BZh1``..``BZh9``) and xz (``\\xfd7zXZ\\0``) by their signature and then a valid tar header in the
+first 512 bytes they decompress to (from at most :data:`PROBE_BYTES` of input); a plain tar by ``ustar``
+at offset 257 of a first header whose checksum is right. Pre-POSIX (v7) tars, which carry no magic, are
+not accepted. Anything else is not an archive, whatever its name.
 """
 
 from __future__ import annotations
 
+import bz2
 import lzma
 import os
 import re
@@ -30,6 +39,12 @@ DEFAULT_MAX_BYTES = 64 * 2**30
 # and cannot hurt anyone.
 RATIO_FLOOR_BYTES = 1 << 20
 _CHUNK = 1 << 20
+# At most this much of a compressed file is read to find the tar header it starts with; a bzip2 block
+# (up to 900 kB of incompressible weights) must be read whole before it yields a byte.
+PROBE_BYTES = 2 << 20
+_TAR_BLOCK = 512
+KINDS = ("zip", "tar", "tar.gz", "tar.bz2", "tar.xz")
+_TAR_MODES = {"tar": "r:", "tar.gz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}
 # Python 3.11.4+ / 3.10.12+ ship tarfile's "data" filter; older ones rely on our own checks alone.
 _TAR_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 _FILTER_ERROR = getattr(tarfile, "FilterError", ())
@@ -37,23 +52,79 @@ _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZM
 
 
 def is_archive(path: Path) -> bool:
-    """Whether ``path`` is a file that :func:`extract` can open (judged by content, not by name)."""
-    return _kind(Path(path)) is not None
+    """Whether ``path`` is a file that :func:`extract` can open (judged by its first bytes, not by name)."""
+    return archive_kind(Path(path)) is not None
+
+
+def archive_kind(path: Path) -> str | None:
+    """``zip``, ``tar``, ``tar.gz``, ``tar.bz2`` or ``tar.xz`` from the file's first bytes; None otherwise.
+
+    Reads at most :data:`PROBE_BYTES` (the end of a zip's central directory aside), so a file of zeros or
+    any other large non-archive is judged in milliseconds.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file():
+            return None
+        with path.open("rb") as file:
+            head = file.read(_TAR_BLOCK)
+            if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+                return "zip" if zipfile.is_zipfile(path) else None  # reads the end of the file only
+            decompressor = _decompressor(head)
+            if decompressor is None:
+                return "tar" if _is_tar_header(head) else None
+            kind, inflate = decompressor
+            probe = head + file.read(PROBE_BYTES - len(head))
+    except OSError:
+        return None
+    try:
+        first = inflate(probe)
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError):
+        return None
+    return kind if _is_tar_header(first) else None
+
+
+def _decompressor(head: bytes):
+    """(kind, function: compressed probe -> its first tar block) for a compressed file's signature."""
+    if head[:2] == b"\x1f\x8b":
+        return "tar.gz", lambda data: zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, _TAR_BLOCK)
+    if len(head) > 3 and head[:3] == b"BZh" and head[3] in b"123456789":
+        return "tar.bz2", lambda data: bz2.BZ2Decompressor().decompress(data, _TAR_BLOCK)
+    if head[:6] == b"\xfd7zXZ\x00":
+        return "tar.xz", lambda data: lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(data, _TAR_BLOCK)
+    return None
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """A POSIX/GNU tar header: ``ustar`` at offset 257 and a right checksum (bytes 148-155, octal)."""
+    if len(block) < _TAR_BLOCK or block[257:262] != b"ustar":
+        return False
+    try:
+        stored = int(block[148:156].replace(b"\x00", b" ").strip() or b"-", 8)
+    except ValueError:
+        return False
+    header = block[:_TAR_BLOCK]
+    unsigned = sum(header[:148]) + 8 * 0x20 + sum(header[156:])
+    signed = unsigned - 256 * sum(1 for byte in header[:148] + header[156:] if byte > 127)
+    return stored in (unsigned, signed)
 
 
 def extract(archive: Path, dest: Path, *, max_ratio: float = DEFAULT_MAX_RATIO,
-            max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+            max_bytes: int = DEFAULT_MAX_BYTES, name: str | None = None) -> Path:
     """Extract ``archive`` into the folder ``dest`` (created if needed) and return ``dest``.
 
     Refuses, with nothing kept: absolute names, ``..`` components, links and device files, and more than
     ``max_bytes`` uncompressed or ``max_ratio`` times the archive's size. Top-level names that already
-    exist in ``dest`` are refused too: extraction adds to a folder, it never overwrites.
+    exist in ``dest`` are refused too: extraction adds to a folder, it never overwrites. ``name`` is what
+    messages call the archive (the URI it was downloaded from); default: its path.
     """
     archive, dest = Path(archive), Path(dest)
-    kind = _kind(archive)
+    kind = archive_kind(archive)
+    shown: Path | str = name or archive
     if kind is None:
-        raise DatasetError(f"{archive} is not a zip or tar archive (or it does not exist)")
-    budget = _Budget(archive, archive.stat().st_size, max_ratio, max_bytes)
+        raise DatasetError(f"{shown} is not a zip or tar archive (or it does not exist): its first bytes match "
+                           "no zip, gzip, bzip2, xz or tar signature")
+    budget = _Budget(shown, archive.stat().st_size, max_ratio, max_bytes)
     dest.parent.mkdir(parents=True, exist_ok=True)
     # A sibling of dest (same file system, so the final move is a rename), created with the umask's mode.
     staging = dest.parent / f".{dest.name}.extracting-{secrets.token_hex(4)}"
@@ -62,27 +133,14 @@ def extract(archive: Path, dest: Path, *, max_ratio: float = DEFAULT_MAX_RATIO,
         if kind == "zip":
             _extract_zip(archive, staging, budget)
         else:
-            _extract_tar(archive, staging, budget)
-        _move_into(staging, dest, archive)
+            _extract_tar(archive, _TAR_MODES[kind], staging, budget)
+        _move_into(staging, dest, shown)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 
-def _kind(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    with path.open("rb") as file:
-        head = file.read(4)
-    if head[:2] == b"PK":
-        return "zip" if zipfile.is_zipfile(path) else None
-    try:
-        return "tar" if tarfile.is_tarfile(path) else None
-    except _CORRUPT:
-        return None
-
-
-def _refuse(archive: Path, member: str, why: str) -> ArchiveRefused:
+def _refuse(archive: Path | str, member: str, why: str) -> ArchiveRefused:
     return ArchiveRefused(f"{archive}: refused member {member!r}: {why}; nothing was extracted")
 
 
@@ -90,7 +148,7 @@ def _refuse(archive: Path, member: str, why: str) -> ArchiveRefused:
 class _Budget:
     """Running total of uncompressed bytes, checked against the absolute and the ratio limits."""
 
-    archive: Path
+    archive: Path | str  # what messages call the archive
     compressed: int
     max_ratio: float
     max_bytes: int
@@ -105,7 +163,7 @@ class _Budget:
                                                 f"size of {self.compressed} bytes (a zip bomb?)")
 
 
-def _safe_parts(archive: Path, name: str) -> tuple[str, ...]:
+def _safe_parts(archive: Path | str, name: str) -> tuple[str, ...]:
     """The path components of a member name; absolute names, drives and ``..`` are refused."""
     if "\x00" in name:
         raise _refuse(archive, name, "the name contains a NUL byte")
@@ -120,9 +178,10 @@ def _safe_parts(archive: Path, name: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------- zip
 
 
-def _extract_zip(archive: Path, staging: Path, budget: _Budget) -> None:
+def _extract_zip(path: Path, staging: Path, budget: _Budget) -> None:
+    archive = budget.archive  # what messages call it
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             for info in infos:  # every header is checked before anything is written
                 _check_zip_member(archive, info)
@@ -135,7 +194,7 @@ def _extract_zip(archive: Path, staging: Path, budget: _Budget) -> None:
         raise DatasetError(f"{archive}: cannot be read as a zip archive ({exc})") from exc
 
 
-def _check_zip_member(archive: Path, info: zipfile.ZipInfo) -> None:
+def _check_zip_member(archive: Path | str, info: zipfile.ZipInfo) -> None:
     _safe_parts(archive, info.filename)
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
@@ -146,7 +205,7 @@ def _check_zip_member(archive: Path, info: zipfile.ZipInfo) -> None:
         raise _refuse(archive, info.filename, "encrypted members are not supported")
 
 
-def _write_zip_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, staging: Path) -> None:
+def _write_zip_member(archive: Path | str, zf: zipfile.ZipFile, info: zipfile.ZipInfo, staging: Path) -> None:
     parts = _safe_parts(archive, info.filename)
     if not parts:
         return
@@ -174,9 +233,10 @@ def _write_zip_member(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
 # ---------------------------------------------------------------------------------------------- tar
 
 
-def _extract_tar(archive: Path, staging: Path, budget: _Budget) -> None:
+def _extract_tar(path: Path, mode: str, staging: Path, budget: _Budget) -> None:
+    archive = budget.archive  # what messages call it
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with tarfile.open(path, mode) as tar:  # the kind archive_kind found: no guessing by trial
             for member in tar:  # streamed: each header is checked before its data is written
                 _check_tar_member(archive, member)
                 budget.reserve(member.name, member.size if member.isfile() else 0)
@@ -187,7 +247,7 @@ def _extract_tar(archive: Path, staging: Path, budget: _Budget) -> None:
         raise DatasetError(f"{archive}: cannot be read as a tar archive ({exc})") from exc
 
 
-def _check_tar_member(archive: Path, member: tarfile.TarInfo) -> None:
+def _check_tar_member(archive: Path | str, member: tarfile.TarInfo) -> None:
     _safe_parts(archive, member.name)
     if member.issym() or member.islnk():
         raise _refuse(archive, member.name, f"{'symbolic' if member.issym() else 'hard'} link to "
@@ -198,7 +258,7 @@ def _check_tar_member(archive: Path, member: tarfile.TarInfo) -> None:
         raise _refuse(archive, member.name, f"unsupported member type {member.type!r}")
 
 
-def _extract_tar_member(archive: Path, tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path) -> None:
+def _extract_tar_member(archive: Path | str, tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path) -> None:
     try:
         tar.extract(member, staging, set_attrs=member.isfile(), **_TAR_FILTER)
     except _FILTER_ERROR as exc:  # the data filter agrees with our checks; this is defence in depth
@@ -210,7 +270,7 @@ def _extract_tar_member(archive: Path, tar: tarfile.TarFile, member: tarfile.Tar
 # ----------------------------------------------------------------------------------------- finish
 
 
-def _move_into(staging: Path, dest: Path, archive: Path) -> None:
+def _move_into(staging: Path, dest: Path, archive: Path | str) -> None:
     """Move the extracted tree into ``dest``; an existing name in ``dest`` is refused, not overwritten."""
     if not dest.exists():
         staging.rename(dest)
