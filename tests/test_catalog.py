@@ -161,7 +161,9 @@ def test_bad_catalog_files_name_the_file_entry_and_field(tmp_path, text, message
     assert message in str(caught.value)
 
 
-def test_invalid_yaml_names_the_file(tmp_path):
+def test_invalid_yaml_names_the_file_and_the_place_in_one_line(tmp_path):
     path = write(tmp_path, "models: [\n")
-    with pytest.raises(CatalogError, match="is not valid YAML"):
+    with pytest.raises(CatalogError) as caught:
         load_catalog(path, env={})
+    assert str(caught.value) == (f"catalog file {path} is not valid YAML: while parsing a flow node expected the node "
+                                 "content, but found '<stream end>' at line 2, column 1")

@@ -8,16 +8,29 @@ the file and the entry.
 
 :meth:`Catalog.resolve` checks a :class:`~cvat_argo.request.spec.TrainingRequest` against the catalog: it is
 where "frcnn-nas-coco needs 2 GPUs" is refused, when the workflow is built rather than at run time.
+
+Every catalog YAML, built-in or a user's, is read by :func:`load_catalog_yaml`, which works to a budget: a
+file over :data:`MAX_CATALOG_BYTES` is refused before it is parsed, and while the YAML is composed the
+nodes it would expand to (aliases counted at the size of what they repeat), the aliases and the nesting
+depth are counted and the file is refused as soon as one exceeds its bound, so an alias bomb costs
+milliseconds instead of gigabytes. The free-form entry fields (``backbone``, ``decoder``) are bounded
+again by :class:`~cvat_argo.request.model_entry.ModelEntry` itself, and checked against the Model
+Garden config classes they feed by reading Model Garden's source (:func:`model_garden_problem`), which
+keeps ``plan`` free of TensorFlow.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import os
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -30,6 +43,12 @@ from .spec import Arguments, TrainingRequest, batch_split_problem
 
 CATALOG_ENV = "CVAT_ARGO_CATALOG"
 _TOP_LEVEL_KEYS = ("default_model", "models", "machines")
+
+# Budgets of the catalog loader. The built-in catalog is ~7 kB, ~400 nodes, no aliases, 6 levels deep.
+MAX_CATALOG_BYTES = 1 << 20  # a larger file is refused unread
+MAX_YAML_NODES = 20_000  # nodes after alias expansion: what walking the loaded data would visit
+MAX_YAML_ALIASES = 200  # alias uses (``*name``) in one file
+MAX_YAML_DEPTH = 32  # nesting of mappings and sequences
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,8 @@ class Catalog:
         models = _merge_entries(self.models, data.get("models"), ModelEntry, f"{source}: models")
         machines = _merge_entries(self.machines, data.get("machines"), MachineType, f"{source}: machines")
         default_model = data.get("default_model", self.default_model)
+        if not isinstance(default_model, str):
+            raise CatalogError(f"{source}: default_model: expected a model name, got {_short_repr(default_model)}")
         if default_model not in models:
             raise CatalogError(f"{source}: default_model: {unknown_name_message('model', default_model, models)}")
         return Catalog(models=models, machines=machines, default_model=default_model,
@@ -126,6 +147,9 @@ def _merge_entries(
     if entries is None:
         return merged
     if isinstance(entries, Mapping):  # also accept {name: {fields}}
+        for name, fields in entries.items():
+            if fields is not None and not isinstance(fields, Mapping):
+                raise CatalogError(f"{where}.{_short(name)}: expected a mapping of fields, got {type(fields).__name__}")
         entries = [{"name": name, **(fields or {})} for name, fields in entries.items()]
     if not isinstance(entries, list):
         raise CatalogError(f"{where}: expected a list of entries, got {type(entries).__name__}")
@@ -133,21 +157,28 @@ def _merge_entries(
         if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
             raise CatalogError(f"{where}[{index}]: each entry is a mapping with a 'name'")
         raw = dict(raw)
-        name = raw["name"]
+        name = _short(raw["name"])
         base_name = raw.pop("extends", None)
+        if base_name is not None and not isinstance(base_name, str):
+            raise CatalogError(f"{where}[{index}] ({name}): extends: expected an entry name, got "
+                               f"{_short_repr(base_name)}")
         if base_name is not None and base_name not in merged:
             known = unknown_name_message("entry", base_name, merged)
             raise CatalogError(f"{where}[{index}] ({name}): extends: {known}")
-        base = merged.get(base_name or name)
+        base = merged.get(base_name or raw["name"])
         fields = _overlay(base.model_dump() if base is not None else {}, raw)
         for key in raw:
             if key not in kind.model_fields:
-                known = unknown_name_message("field", key, kind.model_fields)
+                known = unknown_name_message("field", _short(key), kind.model_fields)
                 raise CatalogError(f"{where}[{index}] ({name}): {known}")
         try:
-            merged[name] = kind.model_validate(fields)
+            entry = kind.model_validate(fields)
         except ValidationError as exc:
             raise CatalogError(f"{where}[{index}] ({name}): {_describe(exc)}") from None
+        problem = model_garden_problem(entry) if isinstance(entry, ModelEntry) else None
+        if problem:
+            raise CatalogError(f"{where}[{index}] ({name}): {problem}")
+        merged[raw["name"]] = entry
     return merged
 
 
@@ -167,9 +198,25 @@ def _describe(exc: ValidationError) -> str:
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"]) or "entry"
         parts.append(f"{where}: {str(error['msg']).removeprefix('Value error, ')}"
-                     + (f" (got {error['input']!r})" if where != "entry" and "input" in error
+                     + (f" (got {_short_repr(error['input'])})" if where != "entry" and "input" in error
                         and not isinstance(error["input"], Mapping) else ""))
     return "; ".join(parts)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 60, 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+def _short_repr(value: Any) -> str:
+    """A repr of user data that stays short whatever the data (huge, deeply nested or shared by aliases)."""
+    return _REPR.repr(value)
+
+
+def _short(name: Any, limit: int = 60) -> str:
+    """A user-given name for a message, cut to ``limit`` characters."""
+    text = name if isinstance(name, str) else repr(name)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def resolve_request(request: TrainingRequest | ResolvedRequest, catalog: Catalog | None = None) -> ResolvedRequest:
@@ -180,9 +227,9 @@ def resolve_request(request: TrainingRequest | ResolvedRequest, catalog: Catalog
 
 
 def builtin_catalog() -> Catalog:
-    text = resources.files(__package__).joinpath("catalog.yaml").read_text(encoding="utf-8")
+    data = resources.files(__package__).joinpath("catalog.yaml").read_bytes()
     empty = Catalog(models={}, machines={m.name: m for m in BUILTIN_MACHINES}, default_model="", sources=())
-    catalog = empty.merged_with(yaml.safe_load(text), "built-in catalog.yaml")
+    catalog = empty.merged_with(load_catalog_yaml(data, "built-in catalog.yaml") or {}, "built-in catalog.yaml")
     return Catalog(models=catalog.models, machines=catalog.machines, default_model=catalog.default_model,
                    sources=("built-in",))
 
@@ -195,14 +242,275 @@ def load_catalog(path: str | os.PathLike[str] | None = None, env: Mapping[str, s
     if chosen is None:
         return catalog
     file = Path(chosen)
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        origin = "" if path is not None else f" (from ${CATALOG_ENV})"
-        raise CatalogError(f"catalog file {file}{origin} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"catalog file {file} is not valid YAML: {exc}") from None
+    origin = "" if path is not None else f" (from ${CATALOG_ENV})"
+    data = load_catalog_yaml(_read_catalog_file(file, origin), f"catalog file {file}{origin}")
     return catalog.merged_with(data or {}, str(file))
+
+
+def _read_catalog_file(file: Path, origin: str = "") -> bytes:
+    """The bytes of a catalog file; one that is missing, unreadable or over the size budget is refused."""
+    try:
+        with file.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_CATALOG_BYTES:
+                raise CatalogError(f"catalog file {file}{origin} is {size} bytes, over the {MAX_CATALOG_BYTES} bytes "
+                                   "a catalog may have; refused unread")
+            data = stream.read(MAX_CATALOG_BYTES + 1)  # a pipe or a growing file says no size up front
+    except FileNotFoundError:
+        raise CatalogError(f"catalog file {file}{origin} does not exist") from None
+    except OSError as exc:
+        raise CatalogError(f"catalog file {file}{origin} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_CATALOG_BYTES:
+        raise CatalogError(f"catalog file {file}{origin} is over the {MAX_CATALOG_BYTES} bytes a catalog may have; "
+                           "refused")
+    return data
+
+
+# ------------------------------------------------------------------------------------ bounded YAML
+
+
+class _OverBudget(Exception):
+    """The YAML being composed exceeds a budget of :class:`_BoundedLoader`."""
+
+    def __init__(self, problem: str, where: str):
+        super().__init__(problem)
+        self.problem, self.where = problem, where
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, composing to a budget of nodes, aliases and depth.
+
+    Each node is charged once when composed; an alias is charged the size of everything under the
+    node it names (its expanded size, known because that node was composed first), so the running
+    total is the size the data would have if every alias were written out. The total is checked at
+    every node, before anything is constructed, so nothing ever expands past the budget.
+    """
+
+    def __init__(self, stream: bytes | str, name: str):
+        super().__init__(stream)
+        self.name = name  # shown in the marks of syntax errors
+        self._nodes = 0
+        self._aliases = 0
+        self._sizes: dict[str, int] = {}  # anchor -> expanded size of its node
+        self._path: list[tuple[Any, str | None]] = []  # (parent node, label) of the nodes being composed
+        self._here: tuple[Any, str | None] = (None, None)  # the node compose_node was called for
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        label = (f"[{index}]" if isinstance(index, int)
+                 else _short(index.value, 40) if isinstance(index, yaml.ScalarNode) else None)
+        self._here = (parent, label)
+        if len(self._path) >= MAX_YAML_DEPTH:
+            self._refuse(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        if self.check_event(yaml.AliasEvent):
+            anchor = self.peek_event().anchor
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                self._refuse(f"more than {MAX_YAML_ALIASES} YAML aliases (*name); a catalog needs a few at most")
+            if anchor in self.anchors:  # an unknown anchor is PyYAML's own error, below
+                size = self._sizes.get(anchor)
+                if size is None:
+                    self._refuse(f"alias *{_short(anchor, 40)} repeats a node that contains it (a cycle)")
+                self._charge(size)
+            return super().compose_node(parent, index)
+        anchor = self.peek_event().anchor
+        before = self._nodes
+        self._charge(1)
+        self._path.append((parent, label))
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+        if anchor is not None:
+            self._sizes[anchor] = self._nodes - before
+        return node
+
+    def _charge(self, nodes: int) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_YAML_NODES:
+            self._refuse(f"the YAML expands to more than {MAX_YAML_NODES} nodes"
+                         + (f" once its {self._aliases} aliases are written out (an alias bomb?)" if self._aliases
+                            else "") + "; a catalog has a few hundred")
+
+    def _refuse(self, problem: str) -> NoReturn:
+        raise _OverBudget(problem, self._where())
+
+    def _where(self) -> str:
+        """The YAML path being composed, with entry names: ``models[0] (my-model).backbone.c``."""
+        parts = []
+        stack = [*self._path, self._here]
+        for position, (_parent, part) in enumerate(stack):
+            if part is None:
+                continue
+            # The node this label names is the parent of the next node on the path.
+            name = _composed_name(stack[position + 1][0]) if position + 1 < len(stack) else None
+            parts.append(part + (f" ({name})" if name else ""))
+        return ".".join(parts).replace(".[", "[")
+
+
+def _composed_name(node: Any) -> str | None:
+    """The ``name`` scalar a mapping being composed already has, for naming the entry in an error."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key, value in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == "name" and isinstance(value, yaml.ScalarNode):
+            return _short(value.value, 40)
+    return None
+
+
+def load_catalog_yaml(data: bytes | str, source: str) -> Any:
+    """Parse one catalog YAML document within the loader's budgets; every catalog read goes through here.
+
+    ``source`` names the file in errors ("built-in catalog.yaml", "catalog file ./mine.yaml").
+    """
+    if len(data) > MAX_CATALOG_BYTES:
+        raise CatalogError(f"{source} is over the {MAX_CATALOG_BYTES} bytes a catalog may have; refused")
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CatalogError(f"{source} is not UTF-8 text (byte {exc.start}); a catalog is a YAML file") from None
+    loader = _BoundedLoader(data, source)
+    try:
+        return loader.get_single_data()
+    except _OverBudget as exc:
+        raise CatalogError(f"{source}: {exc.where or 'document'}: refused: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{source} is not valid YAML: {_yaml_problem(exc)}") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: the problem and where it is."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return " ".join(str(exc).split())
+    problem = " ".join(p for p in (exc.context, exc.problem) if p)
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{' '.join(problem.split())}{where}"
+
+
+# ------------------------------------------------------------------------ the Model Garden check
+
+
+@dataclass(frozen=True)
+class _GardenClass:
+    """A Model Garden config dataclass as read from its source: field -> nested class name or None."""
+
+    name: str
+    fields: dict[str, str | None]
+    scalar: frozenset[str]  # fields annotated int, float, str or bool: a mapping there is an error
+    open: bool  # a base class we could not read: unknown keys are not reported
+
+
+_GARDEN_FILES = {"backbone": ("vision/configs/backbones.py", "Backbone"),
+                 "decoder": ("vision/configs/decoders.py", "Decoder")}
+
+
+@functools.cache
+def _garden_classes(kind: str) -> tuple[str, dict[str, _GardenClass]] | None:
+    """Model Garden's config classes for ``kind``, read from its source without importing it (no TensorFlow).
+
+    None when ``tf-models-official`` is not installed here or its source is not laid out as expected:
+    then the check is left to the train step, which builds the real config strictly.
+    """
+    try:
+        spec = importlib.util.find_spec("official")
+        roots = list(spec.submodule_search_locations or []) if spec else []
+    except (ImportError, ValueError):
+        return None
+    relative, top = _GARDEN_FILES[kind]
+    for root in roots:
+        file = Path(root, relative)
+        try:
+            tree = ast.parse(file.read_text(encoding="utf-8"), str(file))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        classes = _read_config_classes(tree)
+        if top in classes and "type" in classes[top].fields:
+            return top, classes
+    return None
+
+
+def _read_config_classes(tree: ast.Module) -> dict[str, _GardenClass]:
+    defs = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    classes: dict[str, _GardenClass] = {}
+
+    def read(name: str) -> _GardenClass:
+        if name in classes:
+            return classes[name]
+        node = defs[name]
+        fields: dict[str, str | None] = {}
+        scalar: set[str] = set()
+        is_open = False
+        for base in node.bases:
+            base_name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else ""
+            if base_name in defs and base_name != name:
+                parent = read(base_name)
+                fields.update(parent.fields)
+                scalar |= parent.scalar
+                is_open = is_open or parent.open
+            elif base_name not in ("Config", "OneOfConfig"):
+                is_open = True
+        for item in node.body:
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                annotation = item.annotation
+                nested = annotation.id if isinstance(annotation, ast.Name) and annotation.id in defs else None
+                fields[item.target.id] = nested
+                scalar.discard(item.target.id)
+                if isinstance(annotation, ast.Name) and annotation.id in ("int", "float", "str", "bool"):
+                    scalar.add(item.target.id)
+        classes[name] = _GardenClass(name, fields, frozenset(scalar), is_open)
+        return classes[name]
+
+    for name in defs:
+        read(name)
+    return classes
+
+
+def model_garden_problem(entry: ModelEntry) -> str | None:
+    """What in the entry's ``backbone`` or ``decoder`` Model Garden's config would refuse, or None.
+
+    The same one-of configs (``official.vision.configs.backbones.Backbone``, ``...decoders.Decoder``)
+    that :func:`cvat_argo.training.experiment.build_experiment` overrides strictly are read from
+    Model Garden's source: ``type`` must name one of their branches, every key must be a field of the
+    class it sets, and a mapping cannot go where a number or a string is expected. Values are not
+    checked further (the train step does that when it builds the real config).
+    """
+    for kind, values in (("backbone", entry.backbone), ("decoder", entry.decoder)):
+        schema = _garden_classes(kind)
+        if schema is None:
+            continue
+        top, classes = schema
+        branches = sorted(k for k in classes[top].fields if k != "type")
+        chosen = values.get("type")
+        if chosen not in branches:
+            return f"{kind}.type: {unknown_name_message(f'Model Garden {kind} type', _short(chosen), branches)}"
+        problem = _garden_fields(values, classes[top], classes, kind)
+        if problem:
+            return problem
+    return None
+
+
+def _garden_fields(values: Mapping[str, Any], config: _GardenClass, classes: dict[str, _GardenClass],
+                   where: str) -> str | None:
+    for key, value in values.items():
+        if key not in config.fields:
+            if config.open:
+                continue
+            return (f"{where}: {unknown_name_message('field', _short(key), config.fields)} "
+                    f"(of Model Garden's {config.name} config)")
+        nested = config.fields[key]
+        if nested is not None:
+            if not isinstance(value, Mapping):
+                return (f"{where}.{key}: expected a mapping (Model Garden's {nested} config), "
+                        f"got {_short_repr(value)}")
+            problem = _garden_fields(value, classes[nested], classes, f"{where}.{key}")
+            if problem:
+                return problem
+        elif key in config.scalar and isinstance(value, (Mapping, list)):
+            return f"{where}.{key}: expected a single value, got {type(value).__name__}"
+    return None
 
 
 def entry_from_parameters(model: str, model_spec: str, catalog: Catalog | None = None) -> ModelEntry:
