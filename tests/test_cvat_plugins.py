@@ -13,7 +13,7 @@ import pytest
 from cvat_argo.cvat import upload as cvat_upload
 from cvat_argo.cvat.server import connect
 from cvat_argo.engines.artifacts import write_json
-from cvat_argo.errors import CvatArgoError, DatasetError
+from cvat_argo.errors import CvatArgoError, DatasetError, TransientError
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
 from cvat_argo.formats.cvat_xml.writer import write_cvat_xml
 from cvat_argo.inference.outputs import coco_document
@@ -133,6 +133,30 @@ def test_missing_configuration_is_explained():
         connect({})
     with pytest.raises(CvatArgoError, match="no CVAT credentials"):
         connect({"CVAT_HOST": "http://127.0.0.1:9"})
+
+
+def test_a_plain_http_server_named_without_a_scheme_is_a_configuration_error_not_an_outage():
+    """CVAT_HOST=host:port is tried over https; a plain-HTTP server fails the TLS handshake on every try.
+
+    It was reported as "did not answer ... will retry" and exited 75, so Argo retried it four times.
+    """
+    with cvat_server(task_with_people_work()) as env:
+        bare = env["CVAT_HOST"].removeprefix("http://")
+        client = connect({**env, "CVAT_HOST": bare})
+        with pytest.raises(CvatArgoError) as error:
+            cvat_upload.upload(client, 7, records(), ("car",))
+        with pytest.raises(CvatArgoError) as login:
+            connect({"CVAT_HOST": bare, "CVAT_USERNAME": "u", "CVAT_PASSWORD": "secret-pw"})
+    for caught in (error.value, login.value):
+        assert not isinstance(caught, TransientError) and caught.exit_code != 75
+        assert "WRONG_VERSION_NUMBER" in str(caught) and f"set CVAT_HOST=http://{bare}" in str(caught)
+        assert "\n" not in str(caught) and "secret-pw" not in str(caught)
+
+
+@pytest.mark.parametrize("host", ["cvat example.com", "ftp://cvat.example.com", "cvat.example.com:99999", "http://"])
+def test_a_malformed_cvat_host_is_refused_before_any_request(host):
+    with pytest.raises(CvatArgoError, match="is not a server address"):
+        connect({"CVAT_HOST": host, "CVAT_ACCESS_TOKEN": "t"})
 
 
 def test_score_values_fit_the_attribute():

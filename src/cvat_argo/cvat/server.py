@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import CvatArgoError, DatasetError, TransientError
 
@@ -28,9 +29,10 @@ def connect(env: Mapping[str, str] | None = None, *, needs: str = "a live CVAT t
     few endpoints used here have been stable for years (their answers are read leniently).
     """
     env = os.environ if env is None else env
-    host = env.get("CVAT_HOST")
+    host = (env.get("CVAT_HOST") or "").strip()
     if not host:
         raise CvatArgoError("no CVAT server: set CVAT_HOST (and CVAT_ACCESS_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD)")
+    _check_host(host)
     try:
         from cvat_sdk import Client
         from cvat_sdk.core.client import AccessTokenCredentials
@@ -51,11 +53,28 @@ def connect(env: Mapping[str, str] | None = None, *, needs: str = "a live CVAT t
         raise readable_error(exc, host, "login") from None
 
 
+def _check_host(host: str) -> None:
+    """``CVAT_HOST`` is ``host[:port]`` (https is tried) or an http(s):// URL; anything else is refused now."""
+    url = urlsplit(host if "://" in host else f"https://{host}")
+    try:
+        port_ok = url.port is None or 0 < url.port < 65536
+    except ValueError:
+        port_ok = False
+    if url.scheme not in ("http", "https") or not url.hostname or not port_ok or any(c.isspace() for c in host):
+        raise CvatArgoError(f"CVAT_HOST {host!r} is not a server address: use host[:port] or http(s)://host[:port]")
+
+
 def readable_error(exc: Exception, host: str, what: str) -> CvatArgoError:
     """One line for a failed CVAT request, typed so the engines retry only what may pass next time."""
     status = getattr(exc, "status", None)
     if isinstance(exc, CvatArgoError):
         return exc
+    tls = _tls_failure(exc)
+    if tls:
+        bare = host.split("://", 1)[-1]
+        hint = (f"the server speaks plain HTTP: set CVAT_HOST=http://{bare}" if tls == "WRONG_VERSION_NUMBER"
+                else f"check the server's certificate, or set CVAT_HOST=http://{bare} if it speaks plain HTTP")
+        return CvatArgoError(f"CVAT at {host}: {what} failed in the TLS handshake ({tls}): {hint}")
     if type(exc).__name__ == "BackgroundRequestException":  # the server ran the export and it failed there
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         said = f": {lines[-1]}" if lines else ""
@@ -68,6 +87,30 @@ def readable_error(exc: Exception, host: str, what: str) -> CvatArgoError:
     if status is None or status >= 500:
         return TransientError(f"CVAT at {host} did not answer {what} ({type(exc).__name__}): will retry")
     return CvatArgoError(f"CVAT at {host}: {what} failed with HTTP {status}")
+
+
+def _tls_failure(exc: BaseException) -> str:
+    """The TLS error inside ``exc`` (urllib3 wraps it in MaxRetryError), or '' when it is not one.
+
+    A TLS failure is a configuration error, not an outage: an https:// client talking to a plain
+    HTTP server (``WRONG_VERSION_NUMBER``) or a certificate it cannot verify fails the same way on
+    every retry.
+    """
+    import ssl
+
+    from urllib3.exceptions import SSLError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, SSLError | ssl.SSLError):
+            text = str(current)
+            match = re.search(r"\[SSL: ([A-Z_]+)\]|(CERTIFICATE_VERIFY_FAILED|WRONG_VERSION_NUMBER)", text)
+            return (match.group(1) or match.group(2)) if match else text.split("(")[0].strip() or "SSL error"
+        reason = getattr(current, "reason", None)
+        current = reason if isinstance(reason, BaseException) else current.__cause__ or current.__context__
+    return ""
 
 
 def reviewed_frames(jobs: Iterable[Any], job_meta: Callable[[Any], Mapping[str, Any]] | None = None) -> set[int]:
