@@ -369,11 +369,17 @@ def test_missing_width_is_refused_with_image_and_line(tmp_path):
     ("images", "message"),
     [
         ('<image id="0" name="a.jpg" width="1" height="1"/>\n<image id="1" name="a.jpg" width="1" height="1"/>',
-         r"image 'a\.jpg' \(id 1\), line 7: duplicate image name 'a\.jpg' \(first at line 6\)"),
+         r"image 'a\.jpg' \(id 1\), line 7: duplicate image name 'a\.jpg': <image> id 0 at line 6 has it too"),
         ('<image id="3" name="a.jpg" width="1" height="1"/>\n<image id="3" name="b.jpg" width="1" height="1"/>',
-         r"image 'b\.jpg' \(id 3\), line 7: duplicate image id 3 \(first at line 6\)"),
+         r"image 'b\.jpg' \(id 3\), line 7: duplicate image id 3: <image> 'a\.jpg' at line 6 has it too"),
+        # One line holds both elements: they are told apart by position, not by line.
+        ('<image id="0" name="a.jpg" width="1" height="1"/><image id="1" name="a.jpg" width="1" height="1"/>',
+         r"image 'a\.jpg' \(id 1\), line 6: duplicate image name 'a\.jpg': <image> id 0 at line 6 has it too"),
+        ('<image id="0" name="a.jpg" subset="Train" width="1" height="1"/>\n'
+         '<image id="1" name="a.jpg" subset="Train" width="1" height="1"/>',
+         r"duplicate image name 'a\.jpg' in subset 'Train': <image> id 0 at line 6 has it too"),
     ],
-    ids=["name", "id"],
+    ids=["name", "id", "one-line", "same-subset"],
 )
 def test_duplicate_images_are_refused(tmp_path, images, message):
     with pytest.raises(DatasetError, match=message):

@@ -259,6 +259,8 @@ def read_predictions(path: Path) -> dict[str, ImageRecord]:
 
 
 def qc_report(export: str, out: Path, predictions: Path | None = None, min_iou: float = 0.3) -> dict[str, Any]:
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"--out {out} is a file, not a folder: give a folder for qc.json, qc.md and qc.png")
     with tempfile.TemporaryDirectory(prefix="cvat-argo-qc-") as work:
         reader = _reader(export, Path(work))
         predicted = None if predictions is None else read_predictions(predictions)
@@ -268,7 +270,10 @@ def qc_report(export: str, out: Path, predictions: Path | None = None, min_iou: 
                            + (", and no image named as in the predictions)" if predictions else ")")
                            + ": export the task the pre-annotations went to, as CVAT for images 1.1")
     document = report_document(result, predictions is not None, export)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way, or no permission
+        raise DatasetError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
     artifacts.write_json(out / artifacts.QC_JSON, document)
     write_markdown(out / artifacts.QC_MARKDOWN, document)
     plot(out / artifacts.QC_PLOT, document)

@@ -61,7 +61,14 @@ def read_header(data: bytes) -> Header:
             return Header("other", image.width, image.height, int(orientation or 1),
                           needs_conversion=f"{image.format or 'unknown'} is not JPEG or PNG")
     except (UnidentifiedImageError, OSError) as exc:
-        raise ImageProblem(f"not a readable image ({exc})") from None
+        raise ImageProblem(f"not a readable image ({_why(exc)})") from None
+
+
+def _why(exc: Exception) -> str:
+    """PIL's reason, without the ``<_io.BytesIO object at 0x...>`` it names the bytes by."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "no image format PIL knows"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -187,7 +194,7 @@ def _convert(data: bytes, header: Header, reason: str) -> PreparedImage:
             image = ImageOps.exif_transpose(opened)
             image.load()
     except (UnidentifiedImageError, OSError) as exc:
-        raise ImageProblem(f"cannot be decoded ({exc})") from None
+        raise ImageProblem(f"cannot be decoded ({_why(exc)})") from None
     out = io.BytesIO()
     if header.format == "jpeg" and image.mode in ("RGB", "L", "CMYK", "YCbCr"):
         image.convert("RGB" if image.mode != "L" else "L").save(out, format="JPEG", quality=95)
@@ -208,4 +215,4 @@ def check_decodes(data: bytes) -> None:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
     except (UnidentifiedImageError, OSError) as exc:
-        raise ImageProblem(f"cannot be decoded ({exc})") from None
+        raise ImageProblem(f"cannot be decoded ({_why(exc)})") from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Protocol
 
 from ..errors import DatasetError
@@ -29,6 +29,10 @@ from ..formats.cvat_xml.reader import CvatXmlReader
 from ..storage.archive import extract, is_archive
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+# No file system holds a file name (one part of a path) or a path longer than these (Linux NAME_MAX, PATH_MAX).
+MAX_NAME_PART_BYTES, MAX_NAME_BYTES = 255, 4095
+# Archive suffixes: a source named so that is not a readable archive was cut short or damaged on the way.
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz")
 
 
 class Reader(Protocol):
@@ -50,19 +54,69 @@ class Export:
     reader: Reader
     format: str  # "cvat-images", "cvat-video" or "coco"
     locator: ImageLocator
+    annotations: tuple[Path, ...] = ()  # the annotation files read
+
+    @property
+    def described(self) -> str:
+        """The export as messages name it: its one annotation file, else its folder."""
+        return str(self.annotations[0]) if len(self.annotations) == 1 else str(self.root)
+
+
+def shown_name(name: str, keep: int = 40) -> str:
+    """An image name as messages quote it: its repr, cut short (a hostile name can be 5,000 characters)."""
+    text = repr(name)
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(name)} characters)"
+
+
+def image_name_problem(name: str) -> str | None:
+    """Why an image name from the annotations cannot be a file of the export, or None when it can.
+
+    CVAT names an image by its path relative to the task's data (``path/img.jpg``), and the dataset stage
+    finds it under the export's ``images/`` and copies it under its output by that path. So a name must be a
+    relative path that stays inside the folder it is joined to and that a file system can hold: not empty,
+    no NUL, not absolute, no ``..`` part, no part over 255 bytes and 4,095 bytes at most.
+    """
+    if not name:
+        return "is empty"
+    if "\x00" in name:
+        return "holds a NUL character"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid Unicode text"
+    path = PurePosixPath(name)
+    if path.is_absolute():
+        return "is an absolute path"
+    if ".." in path.parts:
+        return "climbs out of its folder with '..'"
+    if size > MAX_NAME_BYTES:
+        return f"is {size} bytes long, longer than any path a file system holds ({MAX_NAME_BYTES} bytes)"
+    longest = max((len(part.encode("utf-8")) for part in path.parts), default=0)
+    if longest > MAX_NAME_PART_BYTES:
+        return (f"has a part of {longest} bytes, longer than any file name a file system holds "
+                f"({MAX_NAME_PART_BYTES} bytes)")
+    return None
 
 
 class ImageLocator:
-    """Maps an image name from the annotations to its file; video frames are found by their stem."""
+    """Maps an image name from the annotations to its file; video frames are found by their stem.
 
-    def __init__(self, roots: list[Path]):
+    The one owner of the rule for image names (:func:`image_name_problem`): :meth:`find` refuses a name
+    that cannot be a file of the export with a :class:`DatasetError` naming ``described`` (the
+    annotation file), so a name never reaches a path outside the export or the output.
+    """
+
+    def __init__(self, roots: list[Path], described: str = "the export"):
         self.roots = [r for r in roots if r.is_dir()]
+        self.described = described
         self._by_stem: dict[str, Path] | None = None
 
     def find(self, name: str) -> Path | None:
+        problem = image_name_problem(name)
+        if problem is not None:
+            raise DatasetError(f"{self.described}: image name {shown_name(name)} {problem}: it cannot be a file of "
+                               "the export; fix the name in the task (or in the annotation file)")
         relative = Path(name)
-        if relative.is_absolute() or ".." in relative.parts:
-            return None
         for root in self.roots:
             candidate = root / relative
             if candidate.is_file():
@@ -143,13 +197,29 @@ def open_export(source: str, work: Path) -> Export:
         local = extract(local, work / "export")
     elif not local.exists():
         raise DatasetError(f"dataset source {source} does not exist")
+    elif local.is_file() and _looks_like_archive(local):
+        raise DatasetError(f"dataset source {source}: a damaged or truncated archive (not a readable zip or tar): "
+                           "download or export it again")
     for fmt in FORMATS:
         found = fmt.locate(local)
         if found is not None:
             name, reader = fmt.open(found)
-            return Export(found.root, reader, name, ImageLocator(found.image_roots))
+            described = str(found.files[0]) if len(found.files) == 1 else str(found.root)
+            return Export(found.root, reader, name, ImageLocator(found.image_roots, described), tuple(found.files))
     expected = " or ".join(f"{fmt.looks_for} ({fmt.name})" for fmt in FORMATS)
     raise DatasetError(f"dataset source {source}: no {expected} found; export the task with one of these formats")
+
+
+def _looks_like_archive(path: Path) -> bool:
+    """Named or starting like a zip, gzip, bzip2 or xz file (the caller knows it is not a readable one)."""
+    if path.name.lower().endswith(_ARCHIVE_SUFFIXES):
+        return True
+    try:
+        with path.open("rb") as file:
+            head = file.read(6)
+    except OSError:
+        return False
+    return head.startswith((b"PK", b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
 
 
 def _find_xml(root: Path) -> Path | None:

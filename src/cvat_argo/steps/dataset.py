@@ -30,7 +30,7 @@ from typing import Any
 
 from ..data.imagefiles import displayed_size, prepare_image, probe_file
 from ..data.labels import LabelMapping
-from ..data.sources import Export, open_export
+from ..data.sources import Export, open_export, shown_name
 from ..data.split import split_frames
 from ..engines import artifacts
 from ..entry import build_output, run_step
@@ -152,10 +152,41 @@ def _image_problem(path: Path, record: ImageRecord) -> str | None:
     return None
 
 
+class OneImageEach:
+    """Refuses two records that would be one training image: the plan keys images by frame, and two names
+    that resolve to one file (``a.jpg`` and ``./a.jpg``, or two subsets of a project export found in one
+    ``images/`` tree) would put the same picture in the dataset twice, possibly in both splits."""
+
+    def __init__(self, export: Export):
+        self.export = export
+        self.frames: dict[int, tuple[int, str]] = {}  # frame -> (position in the export, name)
+        self.files: dict[Path, tuple[str, int]] = {}  # file -> (name, frame)
+
+    def frame(self, record: ImageRecord) -> None:
+        position = len(self.frames)
+        first = self.frames.setdefault(record.frame, (position, record.name))
+        if first[0] != position:
+            raise DatasetError(
+                f"{self.export.described}: images {shown_name(first[1])} and {shown_name(record.name)} both have frame "
+                f"{record.frame}: a project export numbers the frames of each subset from 0; export its tasks one "
+                "by one (or the project with one subset)")
+
+    def file(self, record: ImageRecord, path: Path) -> None:
+        first = self.files.setdefault(path, (record.name, record.frame))
+        if first[1] != record.frame:
+            shown = path.relative_to(self.export.root) if path.is_relative_to(self.export.root) else path
+            raise DatasetError(
+                f"{self.export.described}: images {shown_name(first[0])} (frame {first[1]}) and "
+                f"{shown_name(record.name)} (frame {record.frame}) are both the file {shown}: one picture would be "
+                "in the dataset twice; remove one of them from the task")
+
+
 def plan(export: Export, mapping: LabelMapping, options: Options, skips: Skips, spill: RecordSpill) -> Plan:
     result = Plan()
     unknown = Counter()
+    one_each = OneImageEach(export)
     for record in track(export.reader.images(), "reading annotations", total=export.reader.meta.size):
+        one_each.frame(record)
         for shape in record.shapes:
             if not mapping.is_task_label(shape.label):
                 unknown[shape.label] += 1
@@ -164,6 +195,7 @@ def plan(export: Export, mapping: LabelMapping, options: Options, skips: Skips, 
         if path is None:
             skips.add(f"image {record.name}", "file not found in the export")
             continue
+        one_each.file(record, path)
         empty = not record.shapes and record.frame not in options.reviewed_frames
         if empty and options.empty_frames != "negatives":
             result.unannotated.append({"frame": record.frame, "name": record.name,
@@ -181,6 +213,11 @@ def plan(export: Export, mapping: LabelMapping, options: Options, skips: Skips, 
     for label, count in unknown.items():
         skips.add(f"label {label}", f"{count} shape(s) with a label the task does not define: dropped")
     if not result.boxes_by_frame:
+        skipped = [item for item in skips.items if item["item"].startswith("image ")]
+        if skipped:
+            raise DatasetError(
+                f"no usable annotated image in {options.described}: {len(skipped)} skipped, the first "
+                f"{skipped[0]['item'][:80]}: {skipped[0]['reason']}")
         raise DatasetError(
             f"no annotated image in {options.described}: annotate some images in CVAT first (an image with at least "
             "one shape counts as annotated)"
@@ -280,7 +317,11 @@ def copy_unannotated(the_plan: Plan, out: Path) -> list[dict[str, Any]]:
         source: Path = item.pop("_file")
         relative = Path("unannotated") / item["name"]
         target = out / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # "a" and "a/b.jpg": one name is a folder of the other
+            raise DatasetError(f"image {shown_name(item['name'])}: cannot be written as {shown_name(str(relative))} "
+                               f"({exc.strerror}): another image's name is its folder") from None
         try:
             os.link(source, target)
         except OSError:
@@ -338,6 +379,9 @@ def _convert_and_report(options: Options, partial: Path, plotter: ForkedPlotter)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cvat-argo-dataset-", dir=options.work) as work:
         export = open_export(options.source, Path(work))
+        if not export.reader.meta.label_names:
+            raise DatasetError(f"{export.described}: the export defines no labels (no <labels> in its <meta>, or no "
+                               "'categories'): add labels to the task and export it again")
         mapping = LabelMapping(export.reader.meta.label_names, options.labels, options.rename)
         spill = RecordSpill(Path(work) / "records.pickle")
         the_plan = plan(export, mapping, options, skips, spill)

@@ -95,7 +95,7 @@ def _top_level(path: Path) -> Iterator[tuple[str, _Located]]:
                 root = element
                 if element.tag != "annotations":
                     raise DatasetError(
-                        f"{path}: line {element.line}: the root element is <{element.tag}>, expected "
+                        f"{path}: line {element.line}: the root element is <{_clip(element.tag)}>, expected "
                         "<annotations>: not a CVAT for images/video 1.1 export"
                     )
             elif depth == 2:
@@ -113,6 +113,18 @@ def _text(parent: ET.Element, child: str) -> str | None:
     if found is None or found.text is None:
         return None
     return found.text.strip() or None
+
+
+def _short(value: str | None, keep: int = 40) -> str:
+    """A value from the file as messages quote it: its repr, cut short (a hostile name can be 5,000 characters)."""
+    text = repr(value)
+    return text if len(text) <= keep or value is None else f"{text[:keep]}... ({len(value)} characters)"
+
+
+def _clip(value: str | None, keep: int = 40) -> str:
+    """A tag or id as messages show it (unquoted), cut short."""
+    text = str(value)
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
 
 
 # --- meta ----------------------------------------------------------------------------------------
@@ -201,7 +213,7 @@ def _meta_int(path: Path, parent: ET.Element, child: str) -> int | None:
         return int(text)
     except ValueError:
         line = getattr(parent.find(child), "line", "?")
-        raise DatasetError(f"{path}: line {line}: <{child}> is {text!r}, expected a whole number") from None
+        raise DatasetError(f"{path}: line {line}: <{child}> is {_short(text)}, expected a whole number") from None
 
 
 def _original_size(path: Path, parent: ET.Element) -> tuple[int, int] | None:
@@ -245,7 +257,7 @@ class _Place:
         except ValueError:
             value = math.nan
         if not math.isfinite(value):
-            raise self.error(element, f"<{element.tag}> {name}={text!r} is not a number")
+            raise self.error(element, f"<{element.tag}> {name}={_short(text)} is not a number")
         return value
 
     def integer(self, element: ET.Element, name: str, default: int | None = None) -> int:
@@ -257,7 +269,7 @@ class _Place:
         try:
             return int(text.strip())
         except ValueError:
-            raise self.error(element, f"<{element.tag}> {name}={text!r} is not a whole number") from None
+            raise self.error(element, f"<{element.tag}> {name}={_short(text)} is not a whole number") from None
 
     def points(self, element: ET.Element) -> tuple[float, ...]:
         text = element.get("points")
@@ -271,7 +283,7 @@ class _Place:
             except ValueError:
                 values = []
             if len(values) != 2 or not all(math.isfinite(value) for value in values):
-                raise self.error(element, f"<{element.tag}> points {pair!r} is not an 'x,y' pair of numbers")
+                raise self.error(element, f"<{element.tag}> points {_short(pair)} is not an 'x,y' pair of numbers")
             flat.extend(values)
         return tuple(flat)
 
@@ -313,7 +325,7 @@ def _parse_geometry(place: _Place, element: ET.Element) -> _Geometry:
         return _parse_mask(place, element)
     if kind == "skeleton":
         return _parse_skeleton(place, element)
-    raise place.error(element, f"unknown shape element <{kind}> (expected one of {', '.join(SHAPE_TAGS)})")
+    raise place.error(element, f"unknown shape element <{_clip(kind)}> (expected one of {', '.join(SHAPE_TAGS)})")
 
 
 def _parse_mask(place: _Place, element: ET.Element) -> _Geometry:
@@ -337,7 +349,7 @@ def _parse_skeleton(place: _Place, element: ET.Element) -> _Geometry:
         if part.tag == "attribute":
             continue
         if part.tag not in SHAPE_TAGS or part.tag == "skeleton":
-            raise place.error(part, f"unknown skeleton element <{part.tag}>")
+            raise place.error(part, f"unknown skeleton element <{_clip(part.tag)}>")
         part_box = _parse_geometry(place, part).box
         if part.get("outside") != "1" and part_box is not None:
             boxes.append(part_box)
@@ -399,17 +411,21 @@ def _parse_shape(place: _Place, element: ET.Element, owner: ET.Element) -> tuple
 class _ImageChecker:
     """Builds ImageRecords from ``<image>`` elements and refuses repeated ids or names.
 
-    Project exports number frames per subset, so ids and names only need to be unique per subset.
+    Project exports number frames per subset, and CVAT keeps names unique per subset (it stores each
+    subset's images under ``images/<subset>/``), so ids and names only need to be unique per subset.
+    Elements are told apart by their position in the file, not their line: a file written on one line
+    holds every ``<image>`` on line 1.
     """
 
     def __init__(self, path: Path):
         self._path = path
-        self._ids: dict[tuple[str | None, int], int] = {}
-        self._names: dict[tuple[str | None, str], int] = {}
+        self._count = 0
+        self._ids: dict[tuple[str | None, int], tuple[int, int, str]] = {}  # -> (position, line, name)
+        self._names: dict[tuple[str | None, str], tuple[int, int, int]] = {}  # -> (position, line, id)
 
     def record(self, element: _Located) -> ImageRecord:
         name = element.get("name") or ""
-        place = _Place(self._path, f"image {name!r} (id {element.get('id')})")
+        place = _Place(self._path, f"image {_short(name)} (id {_clip(element.get('id'))})")
         if not name:
             raise place.error(element, "<image> has no name")
         frame = place.integer(element, "id")
@@ -429,12 +445,17 @@ class _ImageChecker:
 
     def _check_unique(self, place: _Place, element: _Located, frame: int, name: str) -> None:
         subset = element.get("subset")
-        first = self._ids.setdefault((subset, frame), element.line)
-        if first != element.line:
-            raise place.error(element, f"duplicate image id {frame} (first at line {first})")
-        first = self._names.setdefault((subset, name), element.line)
-        if first != element.line:
-            raise place.error(element, f"duplicate image name {name!r} (first at line {first})")
+        self._count += 1
+        position = self._count
+        in_subset = f" in subset {_short(subset)}" if subset is not None else ""
+        first_id = self._ids.setdefault((subset, frame), (position, element.line, name))
+        if first_id[0] != position:
+            raise place.error(element, f"duplicate image id {frame}{in_subset}: <image> {_short(first_id[2])} at "
+                                        f"line {first_id[1]} has it too")
+        first_name = self._names.setdefault((subset, name), (position, element.line, frame))
+        if first_name[0] != position:
+            raise place.error(element, f"duplicate image name {_short(name)}{in_subset}: <image> id {first_name[2]} "
+                                        f"at line {first_name[1]} has it too")
 
 
 # --- CVAT for video ------------------------------------------------------------------------------
@@ -451,11 +472,11 @@ class _Listed:
 
 
 def _parse_track(path: Path, element: _Located) -> list[_Listed]:
-    track_place = _Place(path, f"track {element.get('id')} (label {element.get('label')!r})")
+    track_place = _Place(path, f"track {_clip(element.get('id'))} (label {_short(element.get('label'))})")
     listed: dict[int, _Listed] = {}
     for child in element:
         if child.tag not in SHAPE_TAGS:
-            raise track_place.error(child, f"unknown shape element <{child.tag}> in a <track>")
+            raise track_place.error(child, f"unknown shape element <{_clip(child.tag)}> in a <track>")
         frame = track_place.integer(child, "frame")
         place = _Place(path, f"{track_place.where}, frame {frame}")
         if frame in listed:
