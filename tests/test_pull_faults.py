@@ -64,12 +64,11 @@ def sandbox(tmp_path, monkeypatch) -> Sandbox:
     return box
 
 
-def pull_step(box: Sandbox, capsys, uri: str, *extra: str) -> tuple[int, str, float]:
-    """Run the step; returns (exit code, stderr, CPU seconds of this process)."""
+def pull_step(box: Sandbox, capsys, uri: str, *extra: str) -> tuple[int, str]:
+    """Run the step; returns (exit code, stderr)."""
     capsys.readouterr()
-    cpu = time.process_time()
     code = run_step(main, ["--model", MODEL, "--uri", uri, *extra, "--out", str(box.out)])
-    return code, capsys.readouterr().err, time.process_time() - cpu
+    return code, capsys.readouterr().err
 
 
 def assert_refused(code: int, err: str, exit_code: int, *needles: str) -> str:
@@ -105,7 +104,7 @@ def test_gzip_bomb_stops_at_the_cap(hostile_http_server, sandbox, capsys):  # no
     """~1 MB of gzip that decodes to 1 GiB, sent with Content-Encoding although identity was asked for."""
     uri = f"{hostile_http_server.url}/bomb/base.tar.gz"
     before = sandbox.tree()
-    code, err, _ = pull_step(sandbox, capsys, uri, "--model-spec", spec(16 * MiB))
+    code, err = pull_step(sandbox, capsys, uri, "--model-spec", spec(16 * MiB))
     assert_refused(code, err, 4, uri, "16777216 bytes", "checkpoint.max_bytes of model frcnn-res50-coco",
                    "decoded from the gzip")
     assert_nothing_left(sandbox, before)
@@ -114,7 +113,7 @@ def test_gzip_bomb_stops_at_the_cap(hostile_http_server, sandbox, capsys):  # no
 def test_endless_answer_stops_at_the_cap(hostile_http_server, sandbox, capsys):  # noqa: F811
     uri = f"{hostile_http_server.url}/endless/base.tar.gz"
     before = sandbox.tree()
-    code, err, _ = pull_step(sandbox, capsys, uri, "--model-spec", spec(8 * MiB))
+    code, err = pull_step(sandbox, capsys, uri, "--model-spec", spec(8 * MiB))
     assert_refused(code, err, 4, uri, "refused after receiving more than the size cap of 8388608 bytes")
     assert_nothing_left(sandbox, before)
 
@@ -122,7 +121,7 @@ def test_endless_answer_stops_at_the_cap(hostile_http_server, sandbox, capsys): 
 def test_declared_length_over_the_cap_is_refused_before_the_body(hostile_http_server, sandbox, capsys):  # noqa: F811
     uri = f"{hostile_http_server.url}/large/base.tar.gz"
     before = sandbox.tree()
-    code, err, _ = pull_step(sandbox, capsys, uri, "--model-spec", spec(MiB))
+    code, err = pull_step(sandbox, capsys, uri, "--model-spec", spec(MiB))
     assert_refused(code, err, 4, uri, "declares 2097152 bytes", "more than the size cap of 1048576 bytes")
     assert_nothing_left(sandbox, before)
 
@@ -131,7 +130,7 @@ def test_local_folder_over_the_cap(sandbox, capsys):
     base = fake_checkpoint(sandbox.models / "base")
     (base / "ckpt-1.data-00000-of-00001").write_bytes(bytes(2 * MiB))
     before = sandbox.tree()
-    code, err, _ = pull_step(sandbox, capsys, str(base), "--model-spec", spec(MiB))
+    code, err = pull_step(sandbox, capsys, str(base), "--model-spec", spec(MiB))
     assert_refused(code, err, 4, str(base), "more than the size cap of 1048576 bytes")
     assert_nothing_left(sandbox, before)
 
@@ -139,7 +138,7 @@ def test_local_folder_over_the_cap(sandbox, capsys):
 def test_unasked_encoding_the_cap_cannot_follow_is_refused(hostile_http_server, sandbox, capsys):  # noqa: F811
     uri = f"{hostile_http_server.url}/brotli/base.tar.gz"
     before = sandbox.tree()
-    code, err, _ = pull_step(sandbox, capsys, uri)
+    code, err = pull_step(sandbox, capsys, uri)
     assert_refused(code, err, 2, uri, "Content-Encoding 'br' although identity was asked for")
     assert_nothing_left(sandbox, before)
 
@@ -147,15 +146,16 @@ def test_unasked_encoding_the_cap_cannot_follow_is_refused(hostile_http_server, 
 # ---------------------------------------------------------------------------- not an archive
 
 
-def test_file_of_zeros_is_refused_in_milliseconds(sandbox, capsys):
-    """tarfile.is_tarfile took 3 s of CPU per 64 MiB of zeros (and called them an empty tar)."""
+def test_file_of_zeros_is_refused_by_its_first_bytes(sandbox, capsys):
+    """tarfile.is_tarfile took 3 s of CPU per 64 MiB of zeros (and called them an empty tar): the type
+    now comes from the magic bytes, so zeros are "not an archive" without a scan (benchmark-free check:
+    the old code answered "contains no TensorFlow checkpoint")."""
     zeros = sandbox.models / "base.tar"
     with zeros.open("wb") as file:
         file.truncate(64 * MiB)  # sparse: no disk, all zeros
     before = sandbox.tree()
-    code, err, cpu = pull_step(sandbox, capsys, str(zeros))
+    code, err = pull_step(sandbox, capsys, str(zeros))
     assert_refused(code, err, 4, str(zeros), "is not an archive")
-    assert cpu < 0.3, f"{cpu:.2f} s of CPU to refuse a file of zeros"
     assert_nothing_left(sandbox, before)
 
 
@@ -164,11 +164,9 @@ def test_file_of_zeros_is_refused_in_milliseconds(sandbox, capsys):
 
 def test_time_cap_is_permanent(hostile_http_server, tmp_path):  # noqa: F811
     uri = f"{hostile_http_server.url}/trickle/slow.tar.gz"  # 1 KiB every 50 ms, for ever
-    started = time.monotonic()
     with pytest.raises(DatasetError, match=r"took longer than the time cap of 1 s; nothing was kept$") as caught:
         fetch(uri, tmp_path / "dl", progress=False, limits=Limits(max_seconds=1.0))
     assert uri in str(caught.value) and not isinstance(caught.value, TransientError)
-    assert time.monotonic() - started < 10
     assert list((tmp_path / "dl").iterdir()) == []
 
 
@@ -183,7 +181,7 @@ def test_stalled_read_is_transient(hostile_http_server, tmp_path):  # noqa: F811
 def test_dropped_connection_stays_transient(hostile_http_server, sandbox, capsys):  # noqa: F811
     uri = f"{hostile_http_server.url}/dropped/base.tar.gz"  # declares 8 MiB, sends 1 MiB, hangs up
     before = sandbox.tree()
-    code, err, _ = pull_step(sandbox, capsys, uri)
+    code, err = pull_step(sandbox, capsys, uri)
     assert_refused(code, err, 75, uri, "retry later")
     assert_nothing_left(sandbox, before)
 
@@ -204,7 +202,7 @@ def test_interrupted_download_leaves_nothing(hostile_http_server, sandbox, capsy
     killer.start()
     inside.set()
     try:  # the cap (20 s of trickle) ends the test if the signal never comes
-        code, err, _ = pull_step(sandbox, capsys, hostile_http_server.url + path, "--model-spec", spec(400 << 10))
+        code, err = pull_step(sandbox, capsys, hostile_http_server.url + path, "--model-spec", spec(400 << 10))
     finally:
         inside.clear()
     killer.join(1)
@@ -223,7 +221,7 @@ def test_symlink_inside_a_folder_is_refused(sandbox, capsys, target):
     base = fake_checkpoint(sandbox.models / "base")
     (base / "leak").symlink_to(outside / "shadow" if target == "file" else outside)
     before = sandbox.tree()
-    code, err, _ = pull_step(sandbox, capsys, str(base))
+    code, err = pull_step(sandbox, capsys, str(base))
     assert_refused(code, err, 4, str(base), "refused 'leak'", "a symbolic link", "never followed",
                    "nothing was copied")
     assert_nothing_left(sandbox, before)
@@ -238,7 +236,7 @@ def test_folders_outside_the_allowed_roots_are_refused(sandbox, capsys, where):
     uri = {"outside": str(elsewhere), "dotdot": f"{sandbox.models}/../elsewhere/base",
            "link-out": str(sandbox.models / "link-out")}.get(where, where)
     before = sandbox.tree()
-    code, err, _ = pull_step(sandbox, capsys, uri)
+    code, err = pull_step(sandbox, capsys, uri)
     assert_refused(code, err, 2, uri, "must lie in an allowed folder", f"allowed: {sandbox.models}",
                    MODEL_ROOTS_VAR)
     assert_nothing_left(sandbox, before)
@@ -248,7 +246,7 @@ def test_folders_outside_the_allowed_roots_are_refused(sandbox, capsys, where):
 def test_system_folders_can_never_be_allowed(sandbox, capsys, monkeypatch, roots):
     monkeypatch.setenv(MODEL_ROOTS_VAR, os.pathsep.join([str(sandbox.models), roots]))
     before = sandbox.tree()
-    code, err, _ = pull_step(sandbox, capsys, "/etc")
+    code, err = pull_step(sandbox, capsys, "/etc")
     assert_refused(code, err, 2, MODEL_ROOTS_VAR, repr(roots))
     assert_nothing_left(sandbox, before)
 
@@ -259,7 +257,7 @@ def test_a_tar_under_the_roots_is_pulled(sandbox, capsys):
     archive = sandbox.models / "base.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(base, arcname="model")
-    code, err, _ = pull_step(sandbox, capsys, str(archive))
+    code, err = pull_step(sandbox, capsys, str(archive))
     assert code == 0, err
     assert (sandbox.out / "checkpoint" / "model" / "ckpt-1.index").read_bytes() == b"index"
     assert list(sandbox.tmpdir.iterdir()) == []

@@ -26,8 +26,11 @@ from ..formats.coco import EXPORT_PATTERN as COCO_EXPORT_PATTERN
 from ..formats.coco import CocoReader, find_coco_files
 from ..formats.cvat_xml.common import EXPORT_XML
 from ..formats.cvat_xml.reader import CvatXmlReader
+from ..storage.archive import DEFAULT_MAX_BYTES as ARCHIVE_MAX_BYTES
 from ..storage.archive import extract, is_archive
 
+EXPORT_MAX_BYTES = ARCHIVE_MAX_BYTES
+EXPORT_MAX_SECONDS = 4 * 3600.0
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 # No file system holds a file name (one part of a path) or a path longer than these (Linux NAME_MAX, PATH_MAX).
 MAX_NAME_PART_BYTES, MAX_NAME_BYTES = 255, 4095
@@ -188,9 +191,12 @@ FORMATS: tuple[Format, ...] = (
 def open_export(source: str, work: Path) -> Export:
     """Fetch, extract and recognise an export. Raises DatasetError naming the source when it cannot."""
     if "://" in source:
-        from ..storage.fetch import fetch  # only here: minio and requests cost a local export 0.15 s of start-up
+        from ..storage.fetch import Limits, fetch  # only here: minio and requests cost a local export 0.15 s
 
-        local = fetch(source, work / "download")
+        # An export with its images can be far larger than a base model: the same cap as extraction
+        # (64 GiB), and the create-dataset stage's own deadline (4 h) as the time cap.
+        limits = Limits(max_bytes=EXPORT_MAX_BYTES, max_seconds=EXPORT_MAX_SECONDS, what="the dataset source cap")
+        local = fetch(source, work / "download", limits=limits)
     else:
         local = Path(source).expanduser()
     if local.is_file() and is_archive(local):

@@ -30,13 +30,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import CatalogError, RequestError
 from ..suggest import unknown_name_message
+from .bounded_yaml import load_bounded_yaml, short
 from .machines import BUILTIN_MACHINES, MachineType
 from .model_entry import ModelEntry
 from .spec import Arguments, TrainingRequest, batch_split_problem
@@ -149,7 +149,7 @@ def _merge_entries(
     if isinstance(entries, Mapping):  # also accept {name: {fields}}
         for name, fields in entries.items():
             if fields is not None and not isinstance(fields, Mapping):
-                raise CatalogError(f"{where}.{_short(name)}: expected a mapping of fields, got {type(fields).__name__}")
+                raise CatalogError(f"{where}.{short(name)}: expected a mapping of fields, got {type(fields).__name__}")
         entries = [{"name": name, **(fields or {})} for name, fields in entries.items()]
     if not isinstance(entries, list):
         raise CatalogError(f"{where}: expected a list of entries, got {type(entries).__name__}")
@@ -157,7 +157,7 @@ def _merge_entries(
         if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
             raise CatalogError(f"{where}[{index}]: each entry is a mapping with a 'name'")
         raw = dict(raw)
-        name = _short(raw["name"])
+        name = short(raw["name"])
         base_name = raw.pop("extends", None)
         if base_name is not None and not isinstance(base_name, str):
             raise CatalogError(f"{where}[{index}] ({name}): extends: expected an entry name, got "
@@ -169,7 +169,7 @@ def _merge_entries(
         fields = _overlay(base.model_dump() if base is not None else {}, raw)
         for key in raw:
             if key not in kind.model_fields:
-                known = unknown_name_message("field", _short(key), kind.model_fields)
+                known = unknown_name_message("field", short(key), kind.model_fields)
                 raise CatalogError(f"{where}[{index}] ({name}): {known}")
         try:
             entry = kind.model_validate(fields)
@@ -211,12 +211,6 @@ _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
 def _short_repr(value: Any) -> str:
     """A repr of user data that stays short whatever the data (huge, deeply nested or shared by aliases)."""
     return _REPR.repr(value)
-
-
-def _short(name: Any, limit: int = 60) -> str:
-    """A user-given name for a message, cut to ``limit`` characters."""
-    text = name if isinstance(name, str) else repr(name)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def resolve_request(request: TrainingRequest | ResolvedRequest, catalog: Catalog | None = None) -> ResolvedRequest:
@@ -266,128 +260,13 @@ def _read_catalog_file(file: Path, origin: str = "") -> bytes:
     return data
 
 
-# ------------------------------------------------------------------------------------ bounded YAML
-
-
-class _OverBudget(Exception):
-    """The YAML being composed exceeds a budget of :class:`_BoundedLoader`."""
-
-    def __init__(self, problem: str, where: str):
-        super().__init__(problem)
-        self.problem, self.where = problem, where
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, composing to a budget of nodes, aliases and depth.
-
-    Each node is charged once when composed; an alias is charged the size of everything under the
-    node it names (its expanded size, known because that node was composed first), so the running
-    total is the size the data would have if every alias were written out. The total is checked at
-    every node, before anything is constructed, so nothing ever expands past the budget.
-    """
-
-    def __init__(self, stream: bytes | str, name: str):
-        super().__init__(stream)
-        self.name = name  # shown in the marks of syntax errors
-        self._nodes = 0
-        self._aliases = 0
-        self._sizes: dict[str, int] = {}  # anchor -> expanded size of its node
-        self._path: list[tuple[Any, str | None]] = []  # (parent node, label) of the nodes being composed
-        self._here: tuple[Any, str | None] = (None, None)  # the node compose_node was called for
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        label = (f"[{index}]" if isinstance(index, int)
-                 else _short(index.value, 40) if isinstance(index, yaml.ScalarNode) else None)
-        self._here = (parent, label)
-        if len(self._path) >= MAX_YAML_DEPTH:
-            self._refuse(f"nested deeper than {MAX_YAML_DEPTH} levels")
-        if self.check_event(yaml.AliasEvent):
-            anchor = self.peek_event().anchor
-            self._aliases += 1
-            if self._aliases > MAX_YAML_ALIASES:
-                self._refuse(f"more than {MAX_YAML_ALIASES} YAML aliases (*name); a catalog needs a few at most")
-            if anchor in self.anchors:  # an unknown anchor is PyYAML's own error, below
-                size = self._sizes.get(anchor)
-                if size is None:
-                    self._refuse(f"alias *{_short(anchor, 40)} repeats a node that contains it (a cycle)")
-                self._charge(size)
-            return super().compose_node(parent, index)
-        anchor = self.peek_event().anchor
-        before = self._nodes
-        self._charge(1)
-        self._path.append((parent, label))
-        try:
-            node = super().compose_node(parent, index)
-        finally:
-            self._path.pop()
-        if anchor is not None:
-            self._sizes[anchor] = self._nodes - before
-        return node
-
-    def _charge(self, nodes: int) -> None:
-        self._nodes += nodes
-        if self._nodes > MAX_YAML_NODES:
-            self._refuse(f"the YAML expands to more than {MAX_YAML_NODES} nodes"
-                         + (f" once its {self._aliases} aliases are written out (an alias bomb?)" if self._aliases
-                            else "") + "; a catalog has a few hundred")
-
-    def _refuse(self, problem: str) -> NoReturn:
-        raise _OverBudget(problem, self._where())
-
-    def _where(self) -> str:
-        """The YAML path being composed, with entry names: ``models[0] (my-model).backbone.c``."""
-        parts = []
-        stack = [*self._path, self._here]
-        for position, (_parent, part) in enumerate(stack):
-            if part is None:
-                continue
-            # The node this label names is the parent of the next node on the path.
-            name = _composed_name(stack[position + 1][0]) if position + 1 < len(stack) else None
-            parts.append(part + (f" ({name})" if name else ""))
-        return ".".join(parts).replace(".[", "[")
-
-
-def _composed_name(node: Any) -> str | None:
-    """The ``name`` scalar a mapping being composed already has, for naming the entry in an error."""
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    for key, value in node.value:
-        if isinstance(key, yaml.ScalarNode) and key.value == "name" and isinstance(value, yaml.ScalarNode):
-            return _short(value.value, 40)
-    return None
-
-
 def load_catalog_yaml(data: bytes | str, source: str) -> Any:
     """Parse one catalog YAML document within the loader's budgets; every catalog read goes through here.
 
     ``source`` names the file in errors ("built-in catalog.yaml", "catalog file ./mine.yaml").
     """
-    if len(data) > MAX_CATALOG_BYTES:
-        raise CatalogError(f"{source} is over the {MAX_CATALOG_BYTES} bytes a catalog may have; refused")
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CatalogError(f"{source} is not UTF-8 text (byte {exc.start}); a catalog is a YAML file") from None
-    loader = _BoundedLoader(data, source)
-    try:
-        return loader.get_single_data()
-    except _OverBudget as exc:
-        raise CatalogError(f"{source}: {exc.where or 'document'}: refused: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"{source} is not valid YAML: {_yaml_problem(exc)}") from None
-    finally:
-        loader.dispose()
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's several-line message as one line: the problem and where it is."""
-    if not isinstance(exc, yaml.MarkedYAMLError):
-        return " ".join(str(exc).split())
-    problem = " ".join(p for p in (exc.context, exc.problem) if p)
-    mark = exc.problem_mark or exc.context_mark
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{' '.join(problem.split())}{where}"
+    return load_bounded_yaml(data, source, error=CatalogError, what="a catalog", max_bytes=MAX_CATALOG_BYTES,
+                             max_nodes=MAX_YAML_NODES, max_aliases=MAX_YAML_ALIASES, max_depth=MAX_YAML_DEPTH)
 
 
 # ------------------------------------------------------------------------ the Model Garden check
@@ -485,7 +364,7 @@ def model_garden_problem(entry: ModelEntry) -> str | None:
         branches = sorted(k for k in classes[top].fields if k != "type")
         chosen = values.get("type")
         if chosen not in branches:
-            return f"{kind}.type: {unknown_name_message(f'Model Garden {kind} type', _short(chosen), branches)}"
+            return f"{kind}.type: {unknown_name_message(f'Model Garden {kind} type', short(chosen), branches)}"
         problem = _garden_fields(values, classes[top], classes, kind)
         if problem:
             return problem
@@ -498,7 +377,7 @@ def _garden_fields(values: Mapping[str, Any], config: _GardenClass, classes: dic
         if key not in config.fields:
             if config.open:
                 continue
-            return (f"{where}: {unknown_name_message('field', _short(key), config.fields)} "
+            return (f"{where}: {unknown_name_message('field', short(key), config.fields)} "
                     f"(of Model Garden's {config.name} config)")
         nested = config.fields[key]
         if nested is not None:

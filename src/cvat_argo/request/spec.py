@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ArgumentError, RequestError
 from ..suggest import unknown_name_message
+from .bounded_yaml import load_bounded_yaml
 
 DEFAULT_MODEL = "ssd-mobilenet-v2-coco"
 DEFAULT_MACHINE = "gpu-1"
@@ -84,10 +84,8 @@ class Arguments(BaseModel):
         looks_like_yaml = "\n" in text or (":" in text and "=" not in text)
         if not looks_like_yaml:
             return cls._from_mapping(_split_cvat_string(text))
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ArgumentError(f"arguments are neither 'key=value,...' nor a YAML mapping: {exc}") from None
+        loaded = load_bounded_yaml(text, "the training arguments", error=ArgumentError, what="the arguments",
+                                   max_bytes=64 * 1024, max_nodes=1000, max_aliases=20, max_depth=8)
         if not isinstance(loaded, Mapping):
             raise ArgumentError(f"arguments YAML must be a mapping of key: value, got {type(loaded).__name__}")
         return cls._from_mapping(loaded)
