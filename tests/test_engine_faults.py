@@ -23,6 +23,7 @@ from cvat_argo.engines import artifacts, local
 from cvat_argo.engines.pipeline import build_pipeline
 from cvat_argo.request.spec import TrainingRequest
 from cvat_argo.storage.store import minio_client
+from support.cut_proxy import s3_proxy  # noqa: F401
 from support.engine_driver import REQUEST
 from support.fixtures_servers import s3_server  # noqa: F401
 
@@ -50,9 +51,10 @@ def _run(store: str, run_id: str, *extra: str, plan: dict | None = None, env: di
                           timeout=timeout, cwd=cwd)
 
 
-def _start(store: str, run_id: str, *extra: str, plan: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(_driver(store, run_id, *extra), env=_env(plan), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def _start(store: str, run_id: str, *extra: str, plan: dict | None = None, env: dict | None = None,
+           cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(_driver(store, run_id, *extra), env=_env(plan, env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 
 def _wait_for(path: Path, timeout: float = 60) -> None:
@@ -122,6 +124,26 @@ def test_outputs_and_checkpoint_keys_go_under_the_stores_prefix(tmp_path, s3_ser
     for name, stage in STAGES.items():
         assert f"team/s3run/{name}/{stage.outputs[0]}/data.txt" in names, names
         assert (tmp_path / "runs" / "s3run" / name / artifacts.STAGE_MANIFEST).exists()
+
+
+def test_a_store_cut_while_a_stage_runs_leaves_it_unfinished_and_resume_completes(tmp_path, s3_proxy):  # noqa: F811
+    """Finding 1: after an outage during convert, resume skipped convert although nothing reached the bucket."""
+    bucket = f"runs-{uuid.uuid4().hex[:8]}"
+    minio_client(s3_proxy.env).make_bucket(bucket)
+    store = f"s3://{bucket}/p"
+    engine = _start(store, "outage", plan={"convert": {"sleep": 3}}, env=s3_proxy.env, cwd=tmp_path)
+    _wait_for(tmp_path / "runs" / "outage" / artifacts.CONVERT / "pid")
+    s3_proxy.cut("refuse")  # convert finishes while the store is away: its upload fails, twice
+    _, stderr = engine.communicate(timeout=300)
+    assert engine.returncode == 75, stderr
+    assert "stage convert failed" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "runs" / "outage" / artifacts.CONVERT / artifacts.STAGE_MANIFEST).exists()
+    s3_proxy.restore()
+    resumed = _run(store, "outage", "--resume", env=s3_proxy.env, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "convert: runs again (not finished)" in resumed.stderr
+    names = {o.object_name for o in minio_client(s3_proxy.env).list_objects(bucket, recursive=True)}
+    assert f"p/outage/{artifacts.CONVERT}/{artifacts.EXPORTED}/data.txt" in names, names
 
 
 def test_checkpoints_are_kept_under_the_stores_prefix(tmp_path):
