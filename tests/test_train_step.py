@@ -10,17 +10,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
 pytest.importorskip("official", reason="needs the train extra (tf-models-official)")
 
+from cvat_argo.engines import artifacts
+from cvat_argo.engines.argo import build_workflow_template
+from cvat_argo.request.spec import TrainingRequest
 from cvat_argo.steps.train import latest_step
 from cvat_argo.storage.store import minio_client
 from support.fixtures_servers import s3_server  # noqa: F401
 from support.tiny_dataset import LABELS, write_tiny_dataset
-from support.trained_model import SMALL_MASKS, SMALL_RCNN
+from support.trained_model import SMALL_MASKS, SMALL_RCNN, converted_ssd
 
 # 48 images / batch 4 = 12 steps per epoch; 5 epochs = 60 steps, a checkpoint every 6.
 ARGS = "epochs=5,batch_size=4,input_size=128"
@@ -154,3 +157,17 @@ def test_mask_rcnn_trains_and_evaluates_in_the_stage_loop(tmp_path):
     assert summary["history"][0]["loss"] > 0 and 0.0 <= summary["final"]["AP50"] <= 1.0
     events = b"".join(path.read_bytes() for path in (tmp_path / "model" / "train").glob("events.out.tfevents.*"))
     assert b"mask_loss" in events  # the step's summaries name the mask head's loss: masks were trained
+
+
+@pytest.mark.slow
+def test_the_tensorboard_sidecar_serves_the_event_files_training_writes(tmp_path_factory):
+    """The sidecar served /mnt/out/model/logs, an empty folder: training writes model/train and model/validation."""
+    template = build_workflow_template(TrainingRequest.create(task_id=1, machine="gpu-1")).to_dict()
+    stage = next(t for t in template["spec"]["templates"] if t["name"] == artifacts.TRAIN)
+    sidecar_args, step_args = stage["sidecars"][0]["args"], stage["container"]["args"]
+    logdir = PurePosixPath(sidecar_args[sidecar_args.index("--logdir") + 1])
+    out = PurePosixPath(step_args[step_args.index("--out") + 1])  # the pod's view of the train step's --out
+    model = converted_ssd(tmp_path_factory).model  # a real train step's --out folder
+    served = model / logdir.relative_to(out)
+    runs = {path.parent.relative_to(served).as_posix() for path in served.rglob("events.out.tfevents.*")}
+    assert {artifacts.TRAIN_EVENTS, artifacts.VALIDATION_EVENTS} <= runs, (logdir, runs)

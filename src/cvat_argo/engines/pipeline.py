@@ -262,7 +262,9 @@ def build_pipeline(request: TrainingRequest | ResolvedRequest, catalog: Catalog 
             retry=Retry(limit=3, backoff="1m", max_backoff="15m"),
             deadline_seconds=int(resolved.request.train_timeout_hours * 3600),
             env=STORE_ENV,
-            tensorboard_logdir=f"{{output:{a.MODEL}}}/logs",
+            # Model Garden writes its TensorBoard runs (a.TRAIN_EVENTS, a.VALIDATION_EVENTS) into the model
+            # folder itself: the sidecar serves that folder, so it shows both runs side by side.
+            tensorboard_logdir=f"{{output:{a.MODEL}}}",
             resumable=True,  # an interrupted training continues from its newest checkpoint
         ),
         Stage(
