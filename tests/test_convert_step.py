@@ -20,6 +20,7 @@ from cvat_argo.engines import artifacts
 from cvat_argo.entry import run_step
 from cvat_argo.errors import ConvertError, CvatArgoError, DatasetError, SelfTestError, ServingError
 from cvat_argo.export import inputs, output, self_test, tflite
+from cvat_argo.export.model_card import model_card
 from cvat_argo.inference import serving
 from cvat_argo.steps import convert
 from support.tiny_dataset import write_tiny_dataset
@@ -335,3 +336,17 @@ def test_rcnn_converts_to_saved_model_only_and_says_why_no_tflite(tmp_path_facto
     (found,) = detector.detect([odd_image(rcnn.dataset, 70, 110)])
     assert found.boxes.shape[1:] == (4,) and found.masks is None
     assert (found.boxes[:, [0, 2]] <= 110).all() and (found.boxes[:, [1, 3]] <= 70).all()
+
+
+def test_the_model_card_warns_when_the_self_test_compared_nothing():
+    """A self-test that compared zero detections proves little: the card says so, where people read it."""
+    manifest = {"model": "m", "experiment": "e", "architecture": "retinanet", "input_size": 128,
+                "source": {"step": 10}, "labels": ["a"], "exports": [{"file": "model_fp32.tflite", "bytes": 10}],
+                "runtimes": ["tflite-fp32"], "tflite": {"available": True}}
+    test = {"images": ["x.jpg", "y.jpg"], "score_floor": 0.3, "compared_detections": 0,
+            "runtimes": {"tflite-fp32": {"ok": True, "compared": 0}}}
+    card = model_card(manifest, {}, {}, test)
+    assert "**Warning: the self-test compared no detections.** Nothing scored 0.3 or more on the 2 images" in card
+    compared = model_card(manifest, {}, {}, {**test, "compared_detections": 4,
+                                             "runtimes": {"tflite-fp32": {"ok": True, "compared": 4}}})
+    assert "Warning" not in compared

@@ -54,6 +54,11 @@ def model_card(manifest: dict[str, Any], metrics: dict[str, Any], dataset: dict[
               "| runtime | result | detections compared |", "|---|---|---:|"]
     lines += [f"| {runtime} | {'ok' if item['ok'] else 'MISMATCH'} | {item['compared']} |"
               for runtime, item in test["runtimes"].items()]
+    if not test.get("compared_detections"):
+        lines += ["", f"**Warning: the self-test compared no detections.** Nothing scored {test['score_floor']} "
+                      f"or more on the {len(test['images'])} images, so the test shows that every export loads and "
+                      "runs, not that it finds what the trained model finds. An undertrained model does this: "
+                      "train longer, or check the validation images and their labels."]
     return "\n".join(lines) + "\n"
 
 
