@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -40,7 +41,10 @@ def _add_catalog_flag(parser: argparse.ArgumentParser) -> None:
                              "(default: $CVAT_ARGO_CATALOG)")
 
 
-def _add_request_flags(parser: argparse.ArgumentParser, *, source_required: bool = True) -> None:
+def _add_request_flags(parser: argparse.ArgumentParser, *, source_required: bool = True,
+                       for_cluster: bool = True) -> None:
+    """The flags every command that builds a run shares; the Argo-only ones are hidden from ``run --help``."""
+    argo_only = (lambda text: text) if for_cluster else (lambda _text: argparse.SUPPRESS)
     source = parser.add_mutually_exclusive_group(required=source_required)
     source.add_argument("--task-id", type=int, help="CVAT task to train on (server and credentials: CVAT_HOST, ...)")
     source.add_argument("--source", help="CVAT export to train on: s3://bucket/key, https:// URL (or a local path "
@@ -54,15 +58,20 @@ def _add_request_flags(parser: argparse.ArgumentParser, *, source_required: bool
     parser.add_argument("--base-model", metavar="URI", help="base checkpoint instead of the catalog's")
     parser.add_argument("--base-model-sha256", metavar="HEX", help="expected sha256 of --base-model")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share (default 0.1)")
-    parser.add_argument("--output-prefix", default=DEFAULT_OUTPUT_PREFIX, help="artifact key prefix")
-    parser.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard sidecar on training")
-    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="extra workflow label")
+    parser.add_argument("--output-prefix", default=DEFAULT_OUTPUT_PREFIX, help=argo_only("artifact key prefix"))
+    parser.add_argument("--no-tensorboard", action="store_true",
+                        help=argo_only("no TensorBoard sidecar on training"))
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help=argo_only("extra workflow label"))
     _add_catalog_flag(parser)
 
 
 def _request(ns: argparse.Namespace, catalog: Catalog, *, local: bool = False) -> ResolvedRequest:
     """The request the flags describe, resolved once against the catalog (an impossible one is refused here)."""
-    args = ns.args_file.read_text(encoding="utf-8") if ns.args_file else ns.args
+    try:
+        args = ns.args_file.read_text(encoding="utf-8") if ns.args_file else ns.args
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CvatArgoError(f"--args-file {ns.args_file}: {getattr(exc, 'strerror', None) or exc}") from None
     source = ns.source
     if local and source and "://" not in source:
         source = str(Path(source).expanduser().resolve())  # the run may be resumed from another folder
@@ -87,8 +96,9 @@ def cmd_models(ns: argparse.Namespace) -> int:
         print(json.dumps(catalog.model(ns.json).model_dump(mode="json"), indent=2, sort_keys=True))
         return 0
     table = Table(title=f"Model catalog ({' + '.join(catalog.sources)}); default: {catalog.default_model}")
-    for column in ("model", "architecture", "backbone / decoder", "input", "batch/GPU", "lr", "min GPUs",
-                   "TFLite", "base weights"):
+    table.add_column("model", no_wrap=True)  # the name people copy: never folded
+    for column in ("architecture", "backbone / decoder", "input", "batch/GPU", "lr", "min GPUs", "TFLite",
+                   "base weights"):
         table.add_column(column, overflow="fold")
     for entry in catalog.models.values():
         backbone = entry.backbone.get("type", "?")
@@ -112,7 +122,8 @@ def cmd_models(ns: argparse.Namespace) -> int:
 def cmd_machines(ns: argparse.Namespace) -> int:
     catalog = load_catalog(ns.catalog)
     table = Table(title="Machine types")
-    for column in ("machine", "GPUs", "CPU", "memory", "/dev/shm", "node selector", "description"):
+    table.add_column("machine", no_wrap=True)
+    for column in ("GPUs", "CPU", "memory", "/dev/shm", "node selector", "description"):
         table.add_column(column, overflow="fold")
     for m in catalog.machines.values():
         selector = ", ".join(f"{k}={v}" for k, v in m.node_selector.items()) or "-"
@@ -245,6 +256,11 @@ def _delegate(module: str):
     return run
 
 
+def _command(sub: Any, name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is its entry in ``--help`` and its own description too."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".", **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cvat_argo",
@@ -253,20 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cvat-argo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    models = sub.add_parser("models", help="list the model catalog")
+    models = _command(sub, "models", "list the model catalog")
     _add_catalog_flag(models)
     models.add_argument("--json", metavar="MODEL", help="print one entry as JSON (the model-spec parameter)")
     models.set_defaults(func=cmd_models)
 
-    machines = sub.add_parser("machines", help="list the machine types")
+    machines = _command(sub, "machines", "list the machine types")
     _add_catalog_flag(machines)
     machines.set_defaults(func=cmd_machines)
 
-    plan = sub.add_parser("plan", help="show the stages, commands and parameters of a run without running it")
+    plan = _command(sub, "plan", "show the stages, commands and parameters of a run without running it")
     _add_request_flags(plan)
     plan.set_defaults(func=cmd_plan)
 
-    render = sub.add_parser("render", help="write the WorkflowTemplates and cluster objects for GitOps")
+    render = _command(sub, "render", "write the WorkflowTemplates and cluster objects for GitOps")
     render.add_argument("--out", type=Path, default=DEFAULT_RENDER_DIR, help="folder (default: workflow_templates)")
     render.add_argument("--check", action="store_true", help="exit 1 with a diff when --out differs from the code")
     render.add_argument("--bucket", default="cvat-argo", help="bucket in the example artifact repository")
@@ -276,15 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_catalog_flag(render)
     render.set_defaults(func=cmd_render)
 
-    run = sub.add_parser("run", help="run the whole pipeline on this machine (no cluster)")
-    _add_request_flags(run, source_required=False)
+    run = _command(sub, "run", "run the whole pipeline on this machine (no cluster)")
+    _add_request_flags(run, source_required=False, for_cluster=False)
     run.add_argument("--store", default="runs",
                      help="where runs live: a folder (default ./runs) or s3://bucket/prefix (AWS_ENDPOINT_URL, ...)")
     run.add_argument("--run-id", help="name of the run folder (default: <model>-<time>-<random>)")
     run.add_argument("--resume", metavar="RUN_ID", help="continue a run: skip stages whose outputs are complete")
     run.set_defaults(func=cmd_run)
 
-    quick = sub.add_parser("quickstart", help="generate a partly annotated CVAT task and run the whole loop on it here")
+    quick = _command(sub, "quickstart", "generate a partly annotated CVAT task and run the whole loop on it here")
     quick.add_argument("--images", type=int, default=300, help="images in the generated task (60%% annotated)")
     quick.add_argument("--epochs", type=int, default=QUICKSTART_EPOCHS,
                        help="training epochs (default: about 500 steps)")
@@ -302,11 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("qc-report", "after review in CVAT: how many pre-annotations people accepted, corrected, deleted or "
                       "added, per label"),
     ):
-        delegated = sub.add_parser(name, help=text, add_help=False)
+        delegated = _command(sub, name, text, add_help=False)
         delegated.add_argument("rest", nargs=argparse.REMAINDER)
         delegated.set_defaults(func=_delegate(DELEGATED[name]))
 
-    submit = sub.add_parser("submit", help="submit a run to an Argo server (ARGO_SERVER, ARGO_TOKEN, ...)")
+    submit = _command(sub, "submit", "submit a run to an Argo server (ARGO_SERVER, ARGO_TOKEN, ...)")
     _add_request_flags(submit)
     submit.add_argument("--wait", action="store_true", help="wait for the run to finish; exit 1 unless it succeeded")
     submit.add_argument("--poll", type=float, default=10.0, help="seconds between status checks with --wait")
@@ -314,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--install-template", action="store_true",
                         help="create or update the machine type's WorkflowTemplate before submitting")
     submit.add_argument("--server", help="Argo server, host:port or URL (default: $ARGO_SERVER)")
-    submit.add_argument("--namespace", help="namespace (default: $ARGO_NAMESPACE or argo)")
+    submit.add_argument("-n", "--namespace", help="namespace (default: $ARGO_NAMESPACE or argo)")
     submit.add_argument("--token", help="bearer token (default: $ARGO_TOKEN; prefer the variable)")
     submit.add_argument("--base-href", help="path the server is served under (default: $ARGO_BASE_HREF)")
     submit.add_argument("--insecure-skip-verify", action="store_true", help="do not verify the TLS certificate")
