@@ -6,6 +6,7 @@ true negatives (a person finished or reviews the job) and which still wait for p
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -333,3 +334,40 @@ def test_fake_job_meta_parses_as_the_sdk_model(tmp_path):
     assert [f.name for f in chosen.frames] == ["frame_000000.jpg", "placeholder.jpg", "frame_000002.jpg",
                                                "placeholder.jpg", "frame_000004.jpg"]
     assert plain.get("included_frames") is None and plain.deleted_frames == [6] and plain.size == 3
+
+
+def _auto(shape: Shape) -> Shape:
+    return dataclasses.replace(shape, source="auto")
+
+
+# A second round: our earlier upload left source="auto" shapes; people reviewed some jobs, not all.
+SECOND_ROUND = {
+    0: (_box("car", 4, 4, 30, 20),),  # drawn by a person (job 11, accepted)
+    1: (_auto(_box("person", 10, 5, 20, 40)),),  # ours, in an accepted job: a person reviewed it
+    2: (),  # empty in an accepted job: a negative
+    3: (_auto(_box("car", 30, 10, 60, 30)),),  # ours, in a job under validation: reviewed
+    4: (_box("car", 1, 1, 20, 15),),
+    5: (_auto(_box("car", 1, 1, 20, 15)), dataclasses.replace(_box("person", 2, 2, 12, 40), source="semi-auto")),
+    6: (_auto(_box("person", 40, 5, 50, 45)),),  # only ours, in a job still being annotated: awaits review
+    7: (),  # empty, job still being annotated: to pre-annotate
+}
+
+
+def test_a_second_round_trains_on_ground_truth_only_and_leaves_frames_awaiting_review_alone(
+        tmp_path, work, polls, monkeypatch):
+    """Issue 12, item 1: the next run counted frames holding only our unreviewed auto shapes as truth."""
+    task = fake_task(tmp_path, export_zip=export_zip(tmp_path, SECOND_ROUND))
+    with cvat_server(task) as env:
+        use(monkeypatch, env["CVAT_HOST"], CVAT_ACCESS_TOKEN=env["CVAT_ACCESS_TOKEN"])
+        assert step.main(args(tmp_path / "ds", work)) == 0
+    out = tmp_path / "ds"
+    summary = json.loads((out / "dataset.json").read_text())
+    trained = {example["image/filename"].values[0].decode() for split in ("train", "val")
+               for example in records(out, split)}
+    assert trained == {f"frame_{f:06d}.jpg" for f in range(6)}  # frame 6 is not truth yet
+    unannotated = json.loads((out / "unannotated.json").read_text())
+    assert [item["frame"] for item in unannotated["images"]] == [7]  # frame 6 is not ours to redo either
+    frames = summary["frames"]
+    assert (frames["ground_truth"], frames["awaiting_review"], frames["to_pre_annotate"]) == (6, 1, 1)
+    assert frames["rule"].startswith("shape sources and job state")
+    assert "1 awaiting review" in (out / "report.md").read_text()

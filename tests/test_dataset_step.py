@@ -381,11 +381,18 @@ def test_video_export_frames_map_to_files(tmp_path):
     for record in frames:
         (root / "images" / f"{record.name}.PNG").write_bytes(_png(width, height))
     summary = run(root, tmp_path / "ds", "--val-fraction", "0.3")
-    with_shapes = [r for r in frames if r.shapes]
+    # A frame with any shape a person made is truth; one with only the auto track awaits review.
+    truth = [r for r in frames if any(s.source != "auto" for s in r.shapes)]
+    auto_only = [r for r in frames if r.shapes and r not in truth]
+    empty = [r for r in frames if not r.shapes]
+    assert auto_only, "the sample must hold a frame with only machine shapes"
     assert summary["format"] == "cvat-video"
-    assert summary["images"]["train"] + summary["images"]["val"] == len(with_shapes)
-    assert summary["images"]["unannotated"] == len(frames) - len(with_shapes)
-    total = sum(len(r.shapes) for r in with_shapes)
+    assert summary["images"]["train"] + summary["images"]["val"] == len(truth)
+    assert summary["images"]["unannotated"] == len(empty)
+    assert {k: v for k, v in summary["frames"].items() if k != "rule"} == {
+        "ground_truth": len(truth), "awaiting_review": len(auto_only), "to_pre_annotate": len(empty)}
+    assert summary["frames"]["rule"].startswith("shape sources only")
+    total = sum(len(r.shapes) for r in truth)
     assert sum(sum(c.values()) for c in summary["objects"].values()) + sum(summary["dropped_shapes"].values()) == total
 
 

@@ -50,8 +50,13 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
     ]
     for split in ("train", "val"):
         lines.append(f"| {split} | {images[split]} | {sum(summary['objects'].get(split, {}).values())} |")
-    lines += [f"| to pre-annotate | {images['unannotated']} | |", f"| skipped | {images['skipped']} | |", "",
-              "| label | train | val |", "|---|---:|---:|"]
+    lines += [f"| to pre-annotate | {images['unannotated']} | |", f"| skipped | {images['skipped']} | |", ""]
+    frames = summary.get("frames")
+    if frames:
+        lines += [f"Frames by review: {frames['ground_truth']} ground truth (trained on), {frames['awaiting_review']} "
+                  f"awaiting review (machine shapes nobody reviewed: neither trained on nor pre-annotated again), "
+                  f"{frames['to_pre_annotate']} to pre-annotate. Rule: {frames['rule']}.", ""]
+    lines += ["| label | train | val |", "|---|---:|---:|"]
     for name in summary["labels"]:
         lines.append(f"| {name} | {summary['objects'].get('train', {}).get(name, 0)} | "
                      f"{summary['objects'].get('val', {}).get(name, 0)} |")

@@ -76,6 +76,10 @@ def write_run_report(run) -> Path:
         lines = [f"{images['train']} training and {images['val']} validation images, {images['unannotated']} to "
                  f"pre-annotate, {images['skipped']} skipped. Labels: {', '.join(dataset['labels'])}.", "",
                  f"![dataset]({link(artifacts.DATASET, artifacts.DATASET_PLOT)})"]
+        frames = dataset.get("frames")
+        if frames and frames["awaiting_review"]:
+            lines += ["", f"{frames['awaiting_review']} frames hold only machine shapes nobody reviewed: they are "
+                          "neither trained on nor pre-annotated again until a person reviews them in CVAT."]
         lines += [f"- warning: {w}" for w in dataset.get("warnings", [])]
         sections.append(("Dataset", lines))
 

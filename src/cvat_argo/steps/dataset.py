@@ -28,6 +28,14 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from ..cvat.review import (
+    AWAITING_REVIEW,
+    FRAME_KINDS,
+    RULE_SOURCES_ONLY,
+    RULE_WITH_JOBS,
+    TO_PRE_ANNOTATE,
+    frame_kind,
+)
 from ..data.imagefiles import displayed_size, prepare_image, probe_file
 from ..data.labels import LabelMapping
 from ..data.sources import Export, open_export, shown_name
@@ -80,6 +88,7 @@ class Plan:
     skipped: list[dict[str, str]] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
     tags: Counter = field(default_factory=Counter)
+    kinds: Counter = field(default_factory=Counter)  # frames by review.frame_kind
 
     @property
     def labels_by_frame(self) -> dict[int, frozenset[int]]:
@@ -191,13 +200,16 @@ def plan(export: Export, mapping: LabelMapping, options: Options, skips: Skips, 
             if not mapping.is_task_label(shape.label):
                 unknown[shape.label] += 1
         result.tags.update(record.tags)
+        kind = frame_kind(record.shapes, record.frame in options.reviewed_frames)
+        result.kinds[kind] += 1
+        if kind == AWAITING_REVIEW:  # only our own unreviewed shapes: not truth, and not ours to redo
+            continue
         path = export.locator.find(record.name)
         if path is None:
             skips.add(f"image {record.name}", "file not found in the export")
             continue
         one_each.file(record, path)
-        empty = not record.shapes and record.frame not in options.reviewed_frames
-        if empty and options.empty_frames != "negatives":
+        if kind == TO_PRE_ANNOTATE and options.empty_frames != "negatives":
             result.unannotated.append({"frame": record.frame, "name": record.name,
                                        "width": record.width, "height": record.height, "_file": path})
             continue
@@ -218,6 +230,11 @@ def plan(export: Export, mapping: LabelMapping, options: Options, skips: Skips, 
             raise DatasetError(
                 f"no usable annotated image in {options.described}: {len(skipped)} skipped, the first "
                 f"{skipped[0]['item'][:80]}: {skipped[0]['reason']}")
+        if result.kinds[AWAITING_REVIEW]:
+            raise DatasetError(
+                f"no ground-truth image in {options.described}: its {result.kinds[AWAITING_REVIEW]} annotated "
+                "frames hold only machine shapes (source auto) that nobody reviewed; review them in CVAT (finish "
+                "the job, or edit the shapes in the UI) first")
         raise DatasetError(
             f"no annotated image in {options.described}: annotate some images in CVAT first (an image with at least "
             "one shape counts as annotated)"
@@ -402,6 +419,9 @@ def _convert_and_report(options: Options, partial: Path, plotter: ForkedPlotter)
         "labels": list(mapping.names),
         "images": {"train": written["images"].get("train", 0), "val": written["images"].get("val", 0),
                    "unannotated": len(unannotated), "skipped": len(skips.items)},
+        # Every frame by what people did with it (cvat/review.py): only ground truth is trained on.
+        "frames": {**{kind: the_plan.kinds[kind] for kind in FRAME_KINDS},
+                   "rule": RULE_WITH_JOBS if options.cvat_task_id is not None else RULE_SOURCES_ONLY},
         "objects": written["objects"],
         "shards": written["shards"],
         "boxes": box_statistics(written["box_sizes"]),
@@ -433,6 +453,9 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     images = summary["images"]
     print(f"dataset: {images['train']} train and {images['val']} validation images, {images['unannotated']} to "
           f"pre-annotate, {images['skipped']} skipped; labels: {', '.join(summary['labels'])}")
+    if summary["frames"][AWAITING_REVIEW]:
+        print(f"{summary['frames'][AWAITING_REVIEW]} frames hold only machine shapes nobody reviewed: left out of "
+              "training and of pre-annotation until a person reviews them")
     for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"written to {out} (report: {out / 'report.md'})")
