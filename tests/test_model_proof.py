@@ -26,8 +26,10 @@ MODEL = "ssd-mobilenet-v2-coco"
 #: 150 images of 128 x 128, 60% annotated: 81 train, 9 val, 60 left to pre-annotate.
 IMAGES, SIZE = 150, 128
 ARGS = f"epochs=30,batch_size=8,input_size={SIZE}"  # 11 steps per epoch: 330 steps
-#: Measured: validation AP50 0.60-0.63 after these 330 steps, pre-annotations 0.54 against the truth.
+#: Measured: validation AP50 0.60-0.63 after these 330 steps, pre-annotations 0.54 against the truth;
+#: seeded (SEED), two runs gave pre-annotations 0.53 and 0.61 (CPU threads still reorder float sums).
 MIN_AP50 = 0.4
+SEED = 11
 #: Low, so that AP measures the ranking of the detections rather than one operating point.
 SCORE_THRESHOLD = "0.1"
 
@@ -57,10 +59,15 @@ def backbone_checkpoint(dataset: Path, folder: Path) -> Path:
 
 @pytest.mark.slow
 def test_exported_ssd_finds_the_shapes_nobody_annotated(tmp_path, http_server):  # noqa: F811
+    import tensorflow as tf
+
     from cvat_argo.data.synthetic import generate_task
     from cvat_argo.quickstart import score_against_truth
     from cvat_argo.steps import annotate, convert, dataset, pull, train
 
+    # The base checkpoint's random weights and the heads' initial ones: seeded, so a run is not a draw
+    # (unseeded, one of four runs ended under the bar; the stages' code is what is tested here).
+    tf.keras.utils.set_random_seed(SEED)
     task = generate_task(tmp_path / "task", images=IMAGES, annotated_fraction=0.6, width=SIZE, height=SIZE, seed=11)
     data = tmp_path / "dataset"
     assert dataset.main(["--source", str(task.export), "--out", str(data)]) == 0
