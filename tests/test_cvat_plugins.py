@@ -348,6 +348,294 @@ def test_detection_function_needs_a_model(monkeypatch):
         cvat_function.create()
 
 
+# --- the function in cvat-sdk's own driver, against a task whose labels have types --------------------
+
+
+def test_function_labels_fit_the_task_labels():
+    from cvat_argo.cvat.function import LabelFit, fit_labels
+    from cvat_argo.cvat.upload import TaskAttribute, TaskLabel
+
+    def attribute(input_type, *values):
+        return {"score": TaskAttribute(9, "score", input_type, values)}
+
+    task = {
+        "a": TaskLabel(1, "a", "polygon", attribute("number", "0", "100", "1")),
+        "b": TaskLabel(2, "b", "rectangle", attribute("text", "")),
+        "c": TaskLabel(3, "c", "any", attribute("number", "0", "1", "0.01")),  # cvat-sdk takes whole numbers only
+        "d": TaskLabel(4, "d", "any", attribute("select", "low", "high")),
+        "e": TaskLabel(5, "e", "ellipse"),
+    }
+    fits = fit_labels(("a", "b", "c", "d", "e", "f"), "rectangle", task)
+    assert fits == {"a": LabelFit("polygon", task["a"].attributes["score"]),
+                    "b": LabelFit("rectangle", task["b"].attributes["score"]),
+                    "c": LabelFit("any"), "d": LabelFit("any"),
+                    "e": None,  # no box or polygon fits an ellipse label: left out of the spec
+                    "f": LabelFit("rectangle")}  # not in the task: the model's own type, cvat-sdk decides
+    assert fit_labels(("a", "b"), "polygon", None) == {"a": LabelFit("polygon"), "b": LabelFit("polygon")}
+
+
+def test_thresholds_file_of_the_model(tmp_path):
+    from cvat_argo.cvat.function import read_thresholds
+
+    labels = ("car", "person")
+    assert read_thresholds(tmp_path, labels) == (None, {})  # none yet: -p threshold stays the default
+    (tmp_path / "thresholds.json").write_text(json.dumps({"default": 0.4, "per_label": {"person": 0.25}}))
+    assert read_thresholds(tmp_path, labels) == (0.4, {"person": 0.25})
+    (tmp_path / "thresholds.json").write_text(json.dumps({"per_label": {"persn": 0.25}}))
+    with pytest.raises(CvatArgoError, match=r"thresholds\.json: unknown label 'persn' \(did you mean 'person'\?\)"):
+        read_thresholds(tmp_path, labels)
+    for bad in ({"per_label": {"car": 1.5}}, {"default": "high"}, {"per_label": {"car": True}}, [0.5]):
+        (tmp_path / "thresholds.json").write_text(json.dumps(bad))
+        with pytest.raises(CvatArgoError, match=r"thresholds\.json"):
+            read_thresholds(tmp_path, labels)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[tuple[str, bytes, tuple[int, int]]]:
+    """Three synthetic photos with shapes on them: (name, JPEG bytes, size)."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from cvat_argo.data.synthetic import generate_task
+
+    task = generate_task(tmp_path_factory.mktemp("photos"), images=3, annotated_fraction=0.0, seed=12, name="pic")
+    with zipfile.ZipFile(task.export) as archive:
+        names = sorted(n for n in archive.namelist() if n.startswith("images/"))
+        data = [archive.read(name) for name in names]
+    return [(Path(name).name, blob, Image.open(io.BytesIO(blob)).size) for name, blob in zip(names, data, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def detected(exported, photos) -> tuple[str, ...]:
+    """The model's labels by how often it finds them on the photos at threshold 0: (most, second, rest...)."""
+    import io
+    from collections import Counter
+
+    from PIL import Image
+
+    from cvat_argo.cvat.function import create
+
+    function = create(model=str(exported), threshold=0.0)
+    counts = Counter(function.labels[shape.label_id - 1] for _, blob, _ in photos
+                     for shape in function.detect(_Context(0.0), Image.open(io.BytesIO(blob))))
+    ranked = sorted(function.labels, key=lambda name: -counts[name])
+    assert counts[ranked[1]] > 0, f"the tiny model finds fewer than two labels on the photos: {counts}"
+    return tuple(ranked)
+
+
+def photo_task(photos, layout: dict[str, tuple[str, str | None]]) -> FakeTask:
+    """A task of the photos whose labels are ``{name: (type, score attribute input type or None)}``."""
+    labels = [label(index, name, type_, score=score) for index, (name, (type_, score)) in enumerate(layout.items(), 1)]
+    return FakeTask(7, labels=labels, frames=[{"name": name, "width": w, "height": h} for name, _, (w, h) in photos],
+                    images={index: blob for index, (_, blob, _) in enumerate(photos)}, chunk_size=2)
+
+
+#: What a box model's shapes become on each type of task label.
+SHAPE_OF = {"polygon": "polygon", "rectangle": "rectangle", "any": "rectangle"}
+
+
+def check_uploaded(task: FakeTask, layout: dict[str, tuple[str, str | None]], photos) -> dict[str, int]:
+    """Every uploaded shape fits its label (type, score attribute); the number of shapes per label."""
+    counts = dict.fromkeys(layout, 0)
+    by_id = {item["id"]: item for item in task.labels}
+    for shape in task.uploaded_shapes:
+        task_label = by_id[shape["label_id"]]
+        type_, score = layout[task_label["name"]]
+        counts[task_label["name"]] += 1
+        assert shape["source"] == "auto" and 0 <= shape["frame"] < len(photos)
+        assert shape["type"] == SHAPE_OF[type_], (task_label["name"], type_, shape)
+        if shape["type"] == "polygon":  # a box's four corners, clockwise from the top left
+            x0, y0, x1, _, _, y1, _, _ = shape["points"]
+            assert shape["points"] == [x0, y0, x1, y0, x1, y1, x0, y1] and x0 < x1 and y0 < y1
+        else:
+            assert len(shape["points"]) == 4
+        values = {a["spec_id"]: a["value"] for a in shape.get("attributes", [])}
+        if score is None:
+            assert values == {}
+        else:
+            (value,) = values.values()
+            assert list(values) == [task_label["attributes"][0]["id"]]
+            if score == "number":
+                assert value.isdigit() and 0 <= int(value) <= 100  # a percentage, as the stage writes it
+            else:
+                assert len(value.split(".")[-1]) == 3 and 0 <= float(value) <= 1
+    assert len(task.shapes) == sum(counts.values()) and all("id" in s for s in task.shapes)  # the server kept them
+    return counts
+
+
+def sdk_client(env: dict[str, str], cache: Path):
+    from cvat_sdk import Client
+    from cvat_sdk.core.client import AccessTokenCredentials, Config
+
+    client = Client(env["CVAT_HOST"], config=Config(cache_dir=cache), check_server_version=False)
+    client.login(AccessTokenCredentials(env["CVAT_ACCESS_TOKEN"]))
+    return client
+
+
+class FixedDetector:
+    """A model whose answer is fixed in advance (the real ``Detections`` type), the same for every image:
+    the function's fitting, cvat-sdk's driver and the server run for real, without TensorFlow."""
+
+    def __init__(self, model_dir: Path, labels: tuple[str, ...], masks: bool):
+        from cvat_argo.inference.serving import Detections
+
+        self.model_dir, self.labels = model_dir, labels
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "model.json").write_text(json.dumps({"format": "cvat-argo/convert", "runtimes": ["saved_model"],
+                                                          "masks": masks}))
+        self.found = Detections(
+            boxes=np.array([[2, 2, 30, 20], [10, 10, 40, 40], [5, 5, 15, 15], [1, 1, 5, 5]], np.float32),
+            scores=np.array([0.9, 0.8, 0.6, 0.4], np.float32), classes=np.array([1, 2, 3, 4], np.int32),
+            masks=np.stack([np.tri(8, dtype=np.float32)] * 4) if masks else None)  # a triangle in each box
+
+    def detect(self, images):
+        return [self.found for _ in images]
+
+
+@pytest.mark.parametrize("masks", [False, True], ids=["boxes", "mask-rcnn"])
+def test_sdk_driver_gets_each_label_in_its_type_with_its_score(masks, tmp_path):
+    import cvat_sdk.auto_annotation as cvataa
+
+    from cvat_argo.cvat.function import ModelFunction
+
+    names = ("car", "person", "tree", "sign")
+    function = ModelFunction(FixedDetector(tmp_path / "model", names, masks), threshold=0.3)
+    assert {label.type for label in function.spec.labels} == {"polygon" if masks else "rectangle"}  # no task: own
+    task = FakeTask(7, labels=[label(1, "car", "polygon", score="number"), label(2, "person", "rectangle", score="text"),
+                               label(3, "tree", "any"), label(4, "sign", "ellipse")],
+                    frames=[{"name": f"img_{i}.jpg", "width": 64, "height": 48} for i in range(3)], chunk_size=2)
+    with cvat_server(task) as env:
+        cvataa.annotate_task(sdk_client(env, tmp_path / "cache"), 7, function)
+    shapes = {(s["frame"], s["label_id"]): s for s in task.uploaded_shapes}
+    assert sorted(shapes) == [(frame, label_id) for frame in range(3) for label_id in (1, 2, 3)]  # no ellipse
+    car, person, tree = shapes[0, 1], shapes[0, 2], shapes[0, 3]
+    assert car["type"] == "polygon" and car["attributes"] == [{"spec_id": 10, "value": "90"}]
+    if masks:  # the mask's outline, inside the box
+        assert len(car["points"]) >= 6 and car["points"] != [2, 2, 30, 2, 30, 20, 2, 20]
+        assert all(2 <= x <= 30 for x in car["points"][0::2]) and all(2 <= y <= 20 for y in car["points"][1::2])
+    else:  # the box's corners
+        assert car["points"] == [2, 2, 30, 2, 30, 20, 2, 20]
+    assert person["type"] == "rectangle" and person["points"] == [10, 10, 40, 40]  # a mask's box on a rectangle label
+    assert person["attributes"] == [{"spec_id": 20, "value": "0.800"}]
+    assert tree["type"] == ("polygon" if masks else "rectangle") and tree["attributes"] == []  # any: the model's own
+    assert all(s["source"] == "auto" for s in shapes.values())
+
+
+def test_fake_server_refuses_what_cvat_refuses(tmp_path):
+    from cvat_sdk import exceptions, models
+
+    task = FakeTask(7, labels=[label(1, "car", "rectangle", score="number")], frames=list(FRAMES))
+
+    def shape(label_id: int, spec_id: int) -> models.LabeledShapeRequest:
+        return models.LabeledShapeRequest(type="rectangle", frame=0, label_id=label_id, points=[1, 1, 5, 5],
+                                          attributes=[models.AttributeValRequest(spec_id=spec_id, value="50")])
+
+    with cvat_server(task) as env:
+        client = sdk_client(env, tmp_path / "cache")
+        for bad, message in ((shape(2, 10), "label_id `2` is invalid"), (shape(1, 20), "spec_id `20` is invalid")):
+            with pytest.raises(exceptions.ApiException) as error:
+                client.tasks.api.partial_update_annotations(
+                    "create", 7, patched_labeled_data_request=models.PatchedLabeledDataRequest(shapes=[bad]))
+            assert error.value.status == 400 and message in error.value.body
+        assert task.shapes == []
+        client.tasks.api.partial_update_annotations(
+            "create", 7, patched_labeled_data_request=models.PatchedLabeledDataRequest(shapes=[shape(1, 10)]))
+    (kept,) = task.shapes
+    assert kept["source"] == "manual" and kept["occluded"] is False and kept["attributes"][0]["value"] == "50"
+
+
+@pytest.mark.slow
+def test_sdk_driver_annotates_polygon_rectangle_and_any_labels_with_scores(exported, photos, detected, tmp_path):
+    """cvat-sdk's own annotate_task refused the function on any task with a polygon label ("label 'x' has
+    type 'rectangle' in the function, but 'polygon' in the dataset"), and no score attribute was filled."""
+    import cvat_sdk.auto_annotation as cvataa
+
+    from cvat_argo import cvat_function
+
+    most, second, rest = detected[0], detected[1], detected[2:]
+    layouts = [  # between them, every label type and both score attribute kinds get shapes
+        {second: ("polygon", "number"), most: ("any", "text"), **{name: ("rectangle", None) for name in rest}},
+        {second: ("any", None), most: ("rectangle", "number"), **{name: ("polygon", "text") for name in rest}},
+    ]
+    for number, layout in enumerate(layouts):
+        task = photo_task(photos, layout)
+        with cvat_server(task) as env:
+            client = sdk_client(env, tmp_path / f"cache-{number}")
+            cvataa.annotate_task(client, 7, cvat_function.create(model=str(exported), threshold=0.0))
+        counts = check_uploaded(task, layout, photos)
+        assert counts[most] > 0 and counts[second] > 0, counts
+        assert [method for method, path, _ in task.requests if "annotations" in path] == ["PATCH"]
+
+
+@pytest.mark.slow
+def test_function_fitted_explicitly_and_the_models_thresholds_file(exported, photos, detected, tmp_path):
+    import io
+    import shutil
+
+    from PIL import Image
+
+    from cvat_argo.cvat.function import create
+
+    most, second = detected[0], detected[1]
+    model = tmp_path / "model"
+    shutil.copytree(exported, model)
+    (model / "thresholds.json").write_text(json.dumps({"default": 1.0, "per_label": {most: 1.0}}))
+    images = [Image.open(io.BytesIO(blob)) for _, blob, _ in photos]
+
+    def found(function, conf=None) -> set[str]:
+        return {function.labels[shape.label_id - 1] for image in images for shape in function.detect(_Context(conf), image)}
+
+    assert found(create(model=str(model))) == set()  # the file's default: nothing scores 1.0
+    explicit = create(model=str(model), threshold=0.0)  # -p threshold=float:0.0 stays the default
+    assert second in found(explicit) and most not in found(explicit)  # the file's per-label threshold
+    assert most not in found(explicit, 0.0) and found(explicit, 1.0) == set()  # CVAT's threshold is a floor
+    # fitted to given labels, without any driver: the spec declares the task's types and score attribute
+    rest = detected[2:]
+    fitted = explicit.fitted([label(4, second, "polygon", score="text"), label(5, most, "ellipse"),
+                              *(label(6 + index, name, "rectangle") for index, name in enumerate(rest))])
+    spec = {item.name: item for item in fitted.spec.labels}
+    assert spec[second].type == "polygon" and [a.name for a in spec[second].attributes] == ["score"]
+    assert most not in spec and all(spec[name].type == "rectangle" for name in rest)  # an ellipse takes no box
+    shapes = [shape for image in images for shape in fitted.detect(_Context(None), image)]
+    assert any(fitted.labels[s.label_id - 1] == second for s in shapes)
+    for shape in shapes:
+        name = fitted.labels[shape.label_id - 1]
+        assert name != most and shape.type.value == ("polygon" if name == second else "rectangle")
+        assert len(shape.attributes) == (1 if name == second else 0)
+
+
+@pytest.mark.slow
+def test_cvat_cli_auto_annotate_runs_the_function_on_a_polygon_task(exported, photos, detected, tmp_path):
+    """The README's line: ``cvat-cli task auto-annotate TASK --function-module cvat_argo.cvat_function``."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("cvat_cli", reason="needs cvat-cli (the cvat extra)")
+    from support.fake_cvat_server import PASSWORD, USERNAME
+
+    most, second, rest = detected[0], detected[1], detected[2:]
+    layout = {second: ("polygon", "number"), most: ("any", "text"), **{name: ("rectangle", None) for name in rest}}
+    task = photo_task(photos, layout)
+    home = tmp_path / "home"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CVAT_", "PASS"))}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / "cache"), XDG_CONFIG_HOME=str(home / "config"),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    with cvat_server(task) as server:
+        host, port = server["CVAT_HOST"].rsplit(":", 1)
+        result = subprocess.run(
+            [sys.executable, "-m", "cvat_cli", "--server-host", host, "--server-port", port,
+             "--auth", f"{USERNAME}:{PASSWORD}", "task", "auto-annotate", "7",
+             "--function-module", "cvat_argo.cvat_function", "-p", f"model=str:{exported}",
+             "-p", "threshold=float:0.0"],
+            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = check_uploaded(task, layout, photos)
+    assert counts[second] > 0 and counts[most] > 0, counts
+    assert ("POST", "/api/auth/login") in {(method, path) for method, path, _ in task.requests}
+
+
 HANDLER_RUN = r"""
 import base64, json, sys
 sys.path.insert(0, sys.argv[1])

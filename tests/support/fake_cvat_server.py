@@ -1,13 +1,23 @@
 """A CVAT server on 127.0.0.1 with the task endpoints the stages use, recording every request.
 
-It answers as CVAT 2.x does. Every request but the login needs the bearer token ``TOKEN`` or the
-session of a login (``POST /api/auth/login`` with ``USERNAME``/``PASSWORD`` sets the ``sessionid``
-and ``csrftoken`` cookies; a POST or PATCH then also needs the ``X-CSRFToken`` header, as Django
-checks it). The endpoints:
+It answers as CVAT 2.x does (2.42 where the versions differ). Every request but the login and
+``GET /api/server/about`` needs the bearer token ``TOKEN`` (what cvat-cli sends for
+``CVAT_ACCESS_TOKEN``) or the session of a login (``POST /api/auth/login`` with ``USERNAME``/``PASSWORD``,
+what ``cvat-cli --auth USER:PASS`` does, sets the ``sessionid`` and ``csrftoken`` cookies; a POST,
+PATCH or PUT then also needs the ``X-CSRFToken`` header, as Django checks it). The endpoints:
 
-* the upload: ``/api/labels?task_id=``, ``/api/tasks/{id}/data/meta``, ``/api/tasks/{id}/annotations``
-  GET and ``PATCH ?action=create`` (it keeps the shapes a PATCH creates, so that a second run sees
-  what the first one added);
+* the upload: ``/api/labels?task_id=`` (labels typed ``any``/``rectangle``/``polygon``/..., with their
+  attributes, see ``label()``), ``/api/tasks/{id}/data/meta``, ``/api/tasks/{id}/annotations``
+  GET, ``PATCH ?action=create`` (appends) and ``PUT`` (replaces). Both keep what they create, so a
+  second run sees what the first one added, and both check what CVAT's ``JobAnnotation`` checks: a
+  ``label_id`` of the task and attribute ``spec_id``s of that label, else a 400 and nothing is kept.
+  CVAT itself does not compare a shape's type with its label's type: cvat-sdk's auto-annotation
+  driver does that on the client, against the label types served here;
+* the media cvat-sdk's ``TaskDataset`` (the auto-annotation driver) reads: ``GET /api/tasks/{id}/data
+  ?type=chunk&number=&quality=`` (a zip of the chunk's images, ``FakeTask.chunk_size`` frames a chunk)
+  and ``?type=frame&number=`` (one image); a frame's image is ``FakeTask.images[frame]`` (encoded
+  bytes), or a grey JPEG of the frame's size;
+* ``GET /api/server/about`` (``SERVER_VERSION``; cvat-cli asks) and ``POST /api/auth/logout``;
 * the export: ``GET /api/tasks/{id}`` (the task with the fields CVAT sends, as cvat-sdk's strict
   ``TaskRead`` parses it), ``POST /api/tasks/{id}/dataset/export?format=&save_images=`` (202 and
   an ``rq_id``), ``GET /api/requests/{rq_id}`` (``started`` for ``FakeTask.pending_polls`` polls, then
@@ -36,6 +46,7 @@ TOKEN = "test-token"
 USERNAME, PASSWORD = "annotator", "test-password"
 SESSION, CSRF = "fake-session-id", "fake-csrf-token"
 DATE = "2024-05-02T09:30:00.000000Z"
+SERVER_VERSION = "2.42.0"
 # A few of the names CVAT 2.x lists in /api/server/annotation/formats; it refuses any other with a 400.
 EXPORT_FORMATS = ("CVAT for images 1.1", "CVAT for video 1.1", "COCO 1.0", "Datumaro 1.0", "YOLO 1.1")
 JOB_FRAMES = "_included_frames"  # the key of a job dict's included frames: not a JobRead field
@@ -56,10 +67,20 @@ class FakeTask:
     jobs: list[dict[str, Any]] = field(default_factory=list)  # JobRead dicts, see job()
     page_size: int = 10  # CVAT's default
     pending_polls: int = 0  # polls of an export request answered "started" before it finishes
+    images: dict[int, bytes] = field(default_factory=dict)  # frame: encoded image (else a grey JPEG)
+    chunk_size: int = 72  # frames per data chunk (CVAT's data_chunk_size)
 
     @property
     def patches(self) -> list[dict[str, Any]]:
         return [body for method, _, body in self.requests if method == "PATCH"]
+
+    @property
+    def uploaded_shapes(self) -> list[dict[str, Any]]:
+        """Every shape a PATCH ``action=create`` or a PUT sent, in order (as sent, without ids)."""
+        return [shape for method, path, body in self.requests
+                if body and urlsplit(path).path.rstrip("/") == f"/api/tasks/{self.id}/annotations"
+                and (method == "PUT" or (method == "PATCH" and "action=create" in urlsplit(path).query))
+                for shape in body.get("shapes", [])]
 
     @property
     def exports(self) -> list[dict[str, list[str]]]:
@@ -76,7 +97,8 @@ def task_read(task: FakeTask, host: str) -> dict[str, Any]:
         "url": f"{host}/api/tasks/{task.id}", "id": task.id, "name": task.name, "project_id": None,
         "project_name": None, "mode": "annotation", "owner": _user(host), "assignee": None, "bug_tracker": "",
         "created_date": DATE, "updated_date": DATE, "overlap": 0, "segment_size": 0, "status": "annotation",
-        "data_chunk_size": 72, "data_compressed_chunk_type": "imageset", "data_original_chunk_type": "imageset",
+        "data_chunk_size": task.chunk_size, "data_compressed_chunk_type": "imageset",
+        "data_original_chunk_type": "imageset",
         "guide_id": None, "size": len(task.frames), "image_quality": 70, "data": task.id, "dimension": "2d",
         "subset": "", "organization": None, "target_storage": None, "source_storage": None,
         "jobs": {"count": len(task.jobs), "completed": completed, "validation": validation,
@@ -120,6 +142,75 @@ def job_meta(task: FakeTask, job_: dict[str, Any]) -> dict[str, Any]:
             "start_frame": start, "stop_frame": stop, "frame_filter": "", "frames": frames,
             "deleted_frames": sorted(set(task.deleted_frames).intersection(held)), "included_frames": included,
             "chapters": None, "storage": "local", "cloud_storage_id": None}
+
+
+def task_meta(task: FakeTask) -> dict[str, Any]:
+    """``GET /api/tasks/{id}/data/meta`` (``DataMetaRead``) for an image task without a frame filter."""
+    return {"chunks_updated_date": DATE, "chunk_size": task.chunk_size, "size": len(task.frames),
+            "image_quality": 70, "start_frame": 0, "stop_frame": len(task.frames) - 1, "frame_filter": "",
+            "frames": [{"width": 0, "height": 0, "related_files": 0, **f} for f in task.frames],
+            "deleted_frames": task.deleted_frames, "included_frames": None,
+            "chapters": None, "storage": "local", "cloud_storage_id": None}
+
+
+def about() -> dict[str, Any]:
+    """``GET /api/server/about`` as CVAT answers it."""
+    return {"name": "Computer Vision Annotation Tool", "description": "CVAT is completely re-designed and "
+            "re-implemented version of Video Annotation Tool from Irvine, California, USA.",
+            "version": SERVER_VERSION, "logo_url": "/api/assets/logo", "subtitle": "Open Data Annotation Platform"}
+
+
+def frame_image(task: FakeTask, frame: int) -> bytes:
+    """The frame's image file: ``task.images[frame]``, or a grey JPEG of the frame's size."""
+    if frame in task.images:
+        return task.images[frame]
+    import io
+
+    from PIL import Image
+
+    meta = task.frames[frame]
+    out = io.BytesIO()
+    Image.new("RGB", (meta.get("width") or 64, meta.get("height") or 48), (128, 128, 128)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def chunk_zip(task: FakeTask, number: int) -> bytes | None:
+    """An "imageset" chunk as CVAT builds it: the chunk's frames, in order, as ``{index:06d}.{ext}``."""
+    import io
+    import zipfile
+
+    frames = range(number * task.chunk_size, min((number + 1) * task.chunk_size, len(task.frames)))
+    if number < 0 or not frames:
+        return None
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for index in frames:
+            ext = task.frames[index]["name"].rsplit(".", 1)[-1].lower() if index in task.images else "jpg"
+            archive.writestr(f"{index:06d}.{ext}", frame_image(task, index))
+    return out.getvalue()
+
+
+SHAPE_DEFAULTS = {"occluded": False, "outside": False, "z_order": 0, "rotation": 0.0, "group": 0, "source": "manual",
+                  "attributes": [], "elements": []}
+
+
+def annotation_errors(task: FakeTask, body: dict[str, Any]) -> list[str]:
+    """What CVAT's ``JobAnnotation`` refuses: a ``label_id`` the task lacks, a ``spec_id`` its label lacks."""
+    attributes = {}
+    for label_ in task.labels:
+        for item in (label_, *label_.get("sublabels", [])):
+            attributes[item["id"]] = {a["id"] for a in item.get("attributes", [])}
+    errors = []
+    for kind in ("tags", "shapes", "tracks"):
+        for item in body.get(kind) or ():
+            for part in (item, *(item.get("elements") or ())):
+                if part.get("label_id") not in attributes:
+                    errors.append(f"label_id `{part.get('label_id')}` is invalid")
+                    continue
+                for value in part.get("attributes") or ():
+                    if value.get("spec_id") not in attributes[part["label_id"]]:
+                        errors.append(f"spec_id `{value.get('spec_id')}` is invalid")
+    return errors
 
 
 def _user(host: str) -> dict[str, Any]:
@@ -166,6 +257,8 @@ def _handler(task: FakeTask):
             url = urlsplit(self.path)._replace(path=urlsplit(self.path).path.rstrip("/"))  # CVAT takes both
             if method == "POST" and url.path == "/api/auth/login":
                 return self._login(body or {})
+            if method == "GET" and url.path == "/api/server/about":
+                return self._answer(200, about())
             refusal = self._refusal(method)
             if refusal:
                 return self._answer(*refusal)
@@ -175,17 +268,18 @@ def _handler(task: FakeTask):
             if method == "GET" and url.path == "/api/labels" and query.get("task_id") == [str(task.id)]:
                 return self._answer(200, {"count": len(task.labels), "next": None, "previous": None,
                                           "results": task.labels})
+            if method == "POST" and url.path == "/api/auth/logout":
+                return self._answer(200, {"detail": "Successfully logged out."})
             if method == "GET" and url.path == f"{base}/data/meta":
-                return self._answer(200, {"chunk_size": 36, "size": len(task.frames), "image_quality": 70,
-                                          "start_frame": 0, "stop_frame": len(task.frames) - 1, "frame_filter": "",
-                                          "frames": task.frames, "deleted_frames": task.deleted_frames})
+                return self._answer(200, task_meta(task))
+            if method == "GET" and url.path == f"{base}/data" and query.get("type") in (["chunk"], ["frame"]):
+                return self._media(query)
             if method == "GET" and url.path == f"{base}/annotations":
                 return self._answer(200, {"version": 0, "tags": task.tags, "shapes": task.shapes,
                                           "tracks": task.tracks})
-            if method == "PATCH" and url.path == f"{base}/annotations" and query.get("action") == ["create"]:
-                for shape in body.get("shapes", []):
-                    task.shapes.append({**shape, "id": 1000 + len(task.shapes)})
-                return self._answer(200, {"version": 1, "tags": [], "shapes": body.get("shapes", []), "tracks": []})
+            if url.path == f"{base}/annotations" and (
+                    method == "PUT" or (method == "PATCH" and query.get("action") == ["create"])):
+                return self._save_annotations(body or {}, replace=method == "PUT")
             if method == "GET" and url.path == base:
                 return self._answer(200, task_read(task, host))
             if method == "POST" and url.path == f"{base}/dataset/export":
@@ -202,6 +296,37 @@ def _handler(task: FakeTask):
             if method == "GET" and url.path in jobs:
                 return self._answer(200, job_meta(task, jobs[url.path]))
             return self._answer(404, {"detail": "Not found."})
+
+        def _media(self, query: dict[str, list[str]]) -> None:
+            try:
+                number = int(query.get("number", [""])[0])
+            except ValueError:
+                return self._answer(400, {"number": ["A valid integer is required."]})
+            if query["type"] == ["frame"]:
+                if not 0 <= number < len(task.frames):
+                    return self._answer(400, [f"The frame number should be in the [0, {len(task.frames) - 1}] range"])
+                return self._send(200, frame_image(task, number), {"Content-Type": "image/jpeg"})
+            data = chunk_zip(task, number)
+            if data is None:
+                return self._answer(400, [f"The chunk number should be in the [0, "
+                                          f"{(len(task.frames) - 1) // task.chunk_size}] range"])
+            return self._send(200, data, {"Content-Type": "application/zip"})
+
+        def _save_annotations(self, body: dict[str, Any], *, replace: bool) -> None:
+            errors = annotation_errors(task, body)
+            if errors:
+                return self._answer(400, errors[:1])  # a DRF ValidationError: a list of messages
+            if replace:
+                task.tags, task.shapes, task.tracks = [], [], []
+            created: dict[str, list[dict[str, Any]]] = {"tags": [], "shapes": [], "tracks": []}
+            for kind, store, defaults in (("tags", task.tags, {"group": 0, "source": "manual", "attributes": []}),
+                                          ("shapes", task.shapes, SHAPE_DEFAULTS),
+                                          ("tracks", task.tracks, {"group": 0, "source": "manual", "attributes": []})):
+                for item in body.get(kind) or ():
+                    kept = {**defaults, **item, "id": 1000 + len(task.tags) + len(task.shapes) + len(task.tracks)}
+                    store.append(kept)
+                    created[kind].append(kept)
+            return self._answer(200, {"version": 1, **created})
 
         def _refusal(self, method: str) -> tuple[int, dict[str, str]] | None:
             """What CVAT (Django REST framework) answers a request without valid credentials."""
@@ -295,7 +420,8 @@ def cvat_server(task: FakeTask) -> Iterator[dict[str, str]]:
 
 
 def label(id_: int, name: str, type_: str = "any", score: str | None = None) -> dict[str, Any]:
-    """A label as ``/api/labels`` lists it; ``score``: the input type of a ``score`` attribute, if any."""
+    """A label as CVAT 2.42's ``/api/labels`` lists it; ``type_``: any, rectangle, polygon, ... (what the
+    label's shapes may be); ``score``: the input type of a ``score`` attribute (number 0..100, or text), if any."""
     attributes = []
     if score == "number":
         attributes.append({"id": id_ * 10, "name": "score", "mutable": False, "input_type": "number",
@@ -303,5 +429,5 @@ def label(id_: int, name: str, type_: str = "any", score: str | None = None) -> 
     elif score == "text":
         attributes.append({"id": id_ * 10, "name": "score", "mutable": False, "input_type": "text",
                            "default_value": "", "values": [""]})
-    return {"id": id_, "name": name, "color": "#ff0000", "type": type_, "attributes": attributes, "sublabels": [],
-            "has_parent": False, "parent_id": None, "task_id": 7, "project_id": None}
+    return {"id": id_, "name": name, "color": "#ff0000", "type": type_, "svg": "", "attributes": attributes,
+            "sublabels": [], "has_parent": False, "parent_id": None, "task_id": 7, "project_id": None}

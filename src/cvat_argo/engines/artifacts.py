@@ -58,6 +58,7 @@ TFLITE_MANIFEST = "tflite.json"
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FILES = {"tflite-fp32": "model_fp32.tflite", "tflite-fp16": "model_fp16.tflite"}  # runtime -> file
 SELF_TEST = "self_test.json"
+THRESHOLDS = "thresholds.json"  # optional per-label score thresholds: {"default": x, "per_label": {label: x}}
 MODEL_CARD = "model_card.md"
 
 # ---- files inside the annotations and status artifacts
