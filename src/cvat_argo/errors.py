@@ -85,3 +85,9 @@ class TransientError(CvatArgoError):
     """A failure worth retrying (network, 5xx): steps exit with TRANSIENT_EXIT_CODE (75) for it."""
 
     exit_code = 75
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for a log or a failure record: ours as worded, others with their type."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, CvatArgoError) else f"{type(exc).__name__}: {text}"

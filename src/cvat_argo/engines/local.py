@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..entry import ENGINE_PID_ENV
-from ..errors import CvatArgoError, StageFailed, TransientError
+from ..errors import CvatArgoError, StageFailed, TransientError, one_line
 from ..request.catalog import Catalog, ResolvedRequest, resolve_request
 from ..request.spec import TrainingRequest
 from ..storage.digest import file_sha256
@@ -322,10 +322,6 @@ def _upload(run: LocalRun, stage: Stage) -> None:
             store.put_file(local, key, overwrite=True)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if isinstance(exc, CvatArgoError) else f"{type(exc).__name__}: {text}"
-
 
 def _run_stage(run: LocalRun, stage: Stage, env: Mapping[str, str], reporter: Reporter,
                running: dict[str, tuple[StageProcess, float]], supervisor: Supervisor) -> StageResult:
@@ -350,7 +346,7 @@ def _run_stage(run: LocalRun, stage: Stage, env: Mapping[str, str], reporter: Re
                 return StageResult(stage.name, "succeeded", seconds, 0, attempt)
             error = ""
         except TransientError as exc:  # the store went away while the outputs were uploaded
-            code, error = TRANSIENT_EXIT_CODE, _one_line(exc)
+            code, error = TRANSIENT_EXIT_CODE, one_line(exc)
         finally:
             running.pop(stage.name, None)
         if supervisor.stopping is not None:
@@ -436,7 +432,7 @@ def _schedule(run: LocalRun, reporter: Reporter, supervisor: Supervisor, resume:
         try:
             result = _run_stage(run, stage, env, reporter, running, supervisor)
         except Exception as exc:  # the engine's own failure (a full disk, a bug): the stage fails, the run goes on
-            result = StageResult(stage.name, "failed", exit_code=None, error=_one_line(exc))
+            result = StageResult(stage.name, "failed", exit_code=None, error=one_line(exc))
         with lock:
             done[stage.name] = result
         verb = "finished" if result.status == "succeeded" else f"FAILED ({result.error or f'exit {result.exit_code}'})"

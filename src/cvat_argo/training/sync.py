@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import CvatArgoError, TransientError
+from ..errors import CvatArgoError, TransientError, one_line
 from ..storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,6 @@ class _QuietRetries(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.thread in self.threads and str(record.msg).startswith("Retrying"))
 
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if isinstance(exc, CvatArgoError) else f"{type(exc).__name__}: {text}"
 
 
 class CheckpointSync:
@@ -99,7 +95,7 @@ class CheckpointSync:
                 try:
                     self.sync()
                 except Exception as exc:
-                    log.warning("last checkpoint sync to %s failed too: %s", self.store.uri(self.key), _one_line(exc))
+                    log.warning("last checkpoint sync to %s failed too: %s", self.store.uri(self.key), one_line(exc))
         finally:
             logging.getLogger("urllib3.connectionpool").removeFilter(self._quiet)
             if self._scratch is not None:
@@ -114,7 +110,7 @@ class CheckpointSync:
             while not self._stop.wait(delay):
                 delay = self._attempt()
         except BaseException as exc:  # nothing in _attempt should get here; if it does, say so
-            log.error("checkpoint sync thread stopped: %s; the last sync runs when training ends", _one_line(exc))
+            log.error("checkpoint sync thread stopped: %s; the last sync runs when training ends", one_line(exc))
             raise
 
     def _attempt(self) -> float:
@@ -134,7 +130,7 @@ class CheckpointSync:
         if self._streak == 1:
             self._streak_started = time.monotonic()
             log.warning("checkpoint sync to %s failed: %s; training goes on, retrying with back-off up to %g s "
-                        "(quietly, until it recovers)", self.store.uri(self.key), _one_line(exc), self.max_delay)
+                        "(quietly, until it recovers)", self.store.uri(self.key), one_line(exc), self.max_delay)
 
     def _succeeded(self) -> None:
         if self._streak:
@@ -232,7 +228,7 @@ class CheckpointSync:
                 newest = next((n.rsplit(".", 1)[0] for n in self.newest_files() if n != _STATE_FILE), "checkpoint")
                 raise TransientError(
                     f"checkpoint sync: the newest checkpoint {newest} did not reach {self.store.uri(self.key)} in "
-                    f"{attempts} attempts over {elapsed:.0f} s (last: {_one_line(problem)}); failing the step so that "
+                    f"{attempts} attempts over {elapsed:.0f} s (last: {one_line(problem)}); failing the step so that "
                     "it is retried and resumes from the store, not from an older checkpoint"
                 ) from problem
             time.sleep(delay)
