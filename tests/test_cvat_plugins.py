@@ -409,7 +409,10 @@ def photos(tmp_path_factory) -> list[tuple[str, bytes, tuple[int, int]]]:
 
 @pytest.fixture(scope="module")
 def detected(exported, photos) -> tuple[str, ...]:
-    """The model's labels by how often it finds them on the photos at threshold 0: (most, second, rest...)."""
+    """The model's labels by how often it finds them on the photos at threshold 0, most found first.
+
+    A tiny model trained for seconds reliably finds one label; which others it finds varies from run to
+    run, so the tests below give the label it finds most each type in turn instead of needing two."""
     import io
     from collections import Counter
 
@@ -421,7 +424,7 @@ def detected(exported, photos) -> tuple[str, ...]:
     counts = Counter(function.labels[shape.label_id - 1] for _, blob, _ in photos
                      for shape in function.detect(_Context(0.0), Image.open(io.BytesIO(blob))))
     ranked = sorted(function.labels, key=lambda name: -counts[name])
-    assert counts[ranked[1]] > 0, f"the tiny model finds fewer than two labels on the photos: {counts}"
+    assert counts[ranked[0]] > 0, f"the tiny model finds nothing on the photos: {counts}"
     return tuple(ranked)
 
 
@@ -554,18 +557,19 @@ def test_sdk_driver_annotates_polygon_rectangle_and_any_labels_with_scores(expor
 
     from cvat_argo import cvat_function
 
-    most, second, rest = detected[0], detected[1], detected[2:]
-    layouts = [  # between them, every label type and both score attribute kinds get shapes
-        {second: ("polygon", "number"), most: ("any", "text"), **{name: ("rectangle", None) for name in rest}},
-        {second: ("any", None), most: ("rectangle", "number"), **{name: ("polygon", "text") for name in rest}},
+    most, rest = detected[0], detected[1:]
+    layouts = [  # the label the model finds takes every type and both score attribute kinds in turn
+        {most: ("polygon", "number"), **{name: ("rectangle", None) for name in rest}},
+        {most: ("any", "text"), **{name: ("polygon", "number") for name in rest}},
+        {most: ("rectangle", "number"), **{name: ("any", "text") for name in rest}},
     ]
     for number, layout in enumerate(layouts):
         task = photo_task(photos, layout)
         with cvat_server(task) as env:
             client = sdk_client(env, tmp_path / f"cache-{number}")
             cvataa.annotate_task(client, 7, cvat_function.create(model=str(exported), threshold=0.0))
-        counts = check_uploaded(task, layout, photos)
-        assert counts[most] > 0 and counts[second] > 0, counts
+        counts = check_uploaded(task, layout, photos)  # every shape, of any label, fits its label
+        assert counts[most] > 0, counts
         assert [method for method, path, _ in task.requests if "annotations" in path] == ["PATCH"]
 
 
@@ -578,32 +582,28 @@ def test_function_fitted_explicitly_and_the_models_thresholds_file(exported, pho
 
     from cvat_argo.cvat.function import create
 
-    most, second = detected[0], detected[1]
+    most, other, rest = detected[0], detected[1], detected[2:]
     model = tmp_path / "model"
     shutil.copytree(exported, model)
-    (model / "thresholds.json").write_text(json.dumps({"default": 1.0, "per_label": {most: 1.0}}))
+    (model / "thresholds.json").write_text(json.dumps({"default": 1.0, "per_label": {most: 0.0}}))
     images = [Image.open(io.BytesIO(blob)) for _, blob, _ in photos]
 
     def found(function, conf=None) -> set[str]:
         return {function.labels[shape.label_id - 1] for image in images for shape in function.detect(_Context(conf), image)}
 
-    assert found(create(model=str(model))) == set()  # the file's default: nothing scores 1.0
-    explicit = create(model=str(model), threshold=0.0)  # -p threshold=float:0.0 stays the default
-    assert second in found(explicit) and most not in found(explicit)  # the file's per-label threshold
-    assert most not in found(explicit, 0.0) and found(explicit, 1.0) == set()  # CVAT's threshold is a floor
+    assert found(create(model=str(model))) == {most}  # the file's default (1.0) for all but its per-label 0.0
+    explicit = create(model=str(model), threshold=1.0)  # -p threshold=float:1.0 replaces the file's default
+    assert found(explicit) == {most}  # ... and the file's per-label threshold still holds
+    assert found(explicit, 1.0) == set()  # CVAT's threshold is a floor under every per-label one
     # fitted to given labels, without any driver: the spec declares the task's types and score attribute
-    rest = detected[2:]
-    fitted = explicit.fitted([label(4, second, "polygon", score="text"), label(5, most, "ellipse"),
+    fitted = explicit.fitted([label(4, most, "polygon", score="text"), label(5, other, "ellipse"),
                               *(label(6 + index, name, "rectangle") for index, name in enumerate(rest))])
     spec = {item.name: item for item in fitted.spec.labels}
-    assert spec[second].type == "polygon" and [a.name for a in spec[second].attributes] == ["score"]
-    assert most not in spec and all(spec[name].type == "rectangle" for name in rest)  # an ellipse takes no box
+    assert spec[most].type == "polygon" and [a.name for a in spec[most].attributes] == ["score"]
+    assert other not in spec and all(spec[name].type == "rectangle" for name in rest)  # an ellipse takes no box
     shapes = [shape for image in images for shape in fitted.detect(_Context(None), image)]
-    assert any(fitted.labels[s.label_id - 1] == second for s in shapes)
-    for shape in shapes:
-        name = fitted.labels[shape.label_id - 1]
-        assert name != most and shape.type.value == ("polygon" if name == second else "rectangle")
-        assert len(shape.attributes) == (1 if name == second else 0)
+    assert shapes and all(fitted.labels[s.label_id - 1] == most for s in shapes)
+    assert all(shape.type.value == "polygon" and len(shape.attributes) == 1 for shape in shapes)
 
 
 @pytest.mark.slow
@@ -615,8 +615,8 @@ def test_cvat_cli_auto_annotate_runs_the_function_on_a_polygon_task(exported, ph
     pytest.importorskip("cvat_cli", reason="needs cvat-cli (the cvat extra)")
     from support.fake_cvat_server import PASSWORD, USERNAME
 
-    most, second, rest = detected[0], detected[1], detected[2:]
-    layout = {second: ("polygon", "number"), most: ("any", "text"), **{name: ("rectangle", None) for name in rest}}
+    most, rest = detected[0], detected[1:]
+    layout = {most: ("polygon", "number"), **{name: ("any", "text") for name in rest}}
     task = photo_task(photos, layout)
     home = tmp_path / "home"
     env = {key: value for key, value in os.environ.items() if not key.startswith(("CVAT_", "PASS"))}
@@ -632,7 +632,7 @@ def test_cvat_cli_auto_annotate_runs_the_function_on_a_polygon_task(exported, ph
             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = check_uploaded(task, layout, photos)
-    assert counts[second] > 0 and counts[most] > 0, counts
+    assert counts[most] > 0, counts
     assert ("POST", "/api/auth/login") in {(method, path) for method, path, _ in task.requests}
 
 
