@@ -81,6 +81,10 @@ class SelfTestError(CvatArgoError):
     exit_code = 5
 
 
+class StageStopped(CvatArgoError):
+    """A stage of a local run was not started because the run is stopping (a signal)."""
+
+
 class TransientError(CvatArgoError):
     """A failure worth retrying (network, 5xx): steps exit with TRANSIENT_EXIT_CODE (75) for it."""
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..entry import ENGINE_PID_ENV
-from ..errors import CvatArgoError, StageFailed, TransientError, one_line
+from ..errors import CvatArgoError, StageFailed, StageStopped, TransientError, one_line
 from ..request.catalog import Catalog, ResolvedRequest, resolve_request
 from ..request.spec import TrainingRequest
 from ..storage.digest import file_sha256
@@ -221,10 +221,6 @@ class Supervisor:
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-
-
-class StageStopped(CvatArgoError):
-    """A stage was not started, or was stopped, because the run is stopping."""
 
 
 class StageProcess:
