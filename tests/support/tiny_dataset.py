@@ -33,7 +33,8 @@ def _draw(kind: int, draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], 
         draw.polygon([(x0, y1 - 1), ((x0 + x1) // 2, y0), (x1 - 1, y1 - 1)], fill=fill)
 
 
-def _example(rng: random.Random, source_id: int, num_classes: int, with_masks: bool) -> bytes:
+def _picture(rng: random.Random, num_classes: int):
+    """One image of the tiny dataset: 1-3 shapes on grey; (image, boxes, label ids, 0/1 masks as images)."""
     width, height = rng.choice((64, 96, 128)), rng.choice((64, 96, 128))
     image = Image.new("RGB", (width, height), (128, 128, 128))
     draw = ImageDraw.Draw(image)
@@ -48,7 +49,14 @@ def _example(rng: random.Random, source_id: int, num_classes: int, with_masks: b
         _draw(kind, ImageDraw.Draw(mask), box, 1)
         boxes.append(box)
         labels.append(kind)
-        masks.append(encode_mask_png(memoryview(np.asarray(mask, dtype=np.uint8)), width, height))
+        masks.append(mask)
+    return image, boxes, labels, masks
+
+
+def _example(rng: random.Random, source_id: int, num_classes: int, with_masks: bool) -> bytes:
+    image, boxes, labels, masks = _picture(rng, num_classes)
+    width, height = image.size
+    masks = [encode_mask_png(memoryview(np.asarray(mask, dtype=np.uint8)), width, height) for mask in masks]
     encoded = io.BytesIO()
     image.save(encoded, format="JPEG", quality=90)
     return detection_example(
@@ -82,3 +90,18 @@ def write_tiny_dataset(
     }
     (out_dir / "dataset.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return out_dir
+
+
+def tiny_photos(count: int, seed: int = 11) -> list[tuple[str, bytes, tuple[int, int]]]:
+    """Images like the tiny dataset's, as JPEG files would hold them: (name, bytes, (width, height)).
+
+    For the tests that feed pictures to the tiny trained model: it has only ever seen these.
+    """
+    rng = random.Random(seed)
+    photos = []
+    for index in range(count):
+        image, _, _, _ = _picture(rng, len(LABELS))
+        encoded = io.BytesIO()
+        image.save(encoded, format="JPEG", quality=90)
+        photos.append((f"photo_{index:04d}.jpg", encoded.getvalue(), image.size))
+    return photos
