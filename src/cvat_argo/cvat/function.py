@@ -10,13 +10,15 @@ One module serves every way CVAT runs such functions::
 ``create(model=...)`` takes the convert stage's output folder, locally or as ``s3://bucket/prefix``
 (fetched once through :mod:`cvat_argo.storage.fetch` into a cache folder); ``CVAT_ARGO_MODEL`` names
 it when no ``-p model=`` is given. Optional parameters: ``runtime`` (auto, tflite, tflite-fp16,
-saved_model), ``threshold`` (used when CVAT passes no ``conf_threshold``), ``max_detections``.
+saved_model), ``threshold``, ``max_detections``.
 
-Thresholds: a label has its own when the model folder holds a ``thresholds.json`` that names it
-(``{"default": 0.5, "per_label": {"person": 0.3}}``, both keys optional; labels must be the model's);
-the others have ``-p threshold=float:`` (else the file's ``default``, else 0.5). CVAT's
-``--conf-threshold`` (the context's ``conf_threshold``), when given, replaces that default and is a
-floor for the per-label ones: a function must return nothing below it.
+Thresholds: the model's own, from the ``thresholds.json`` the convert stage writes (one per label,
+chosen on validation data; ``{"default": 0.5, "per_label": {"person": 0.3}}``, labels must be the
+model's), read by :func:`cvat_argo.inference.outputs.model_thresholds`; 0.5 for every label of a model
+without one. ``-p threshold=float:`` is an explicit global threshold: it replaces them all, as
+pre-annotate's ``--threshold`` does. CVAT's ``--conf-threshold`` (the context's ``conf_threshold``),
+when given, replaces the default and is a floor for the per-label ones: a function must return
+nothing below it.
 
 The spec lists the model's labels with the model's own ids (1..N, as in ``labels.json``); cvat-sdk
 maps them to the task's labels by name, and refuses a function label whose type differs from the
@@ -48,7 +50,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import logging
 import math
 import os
@@ -62,10 +63,16 @@ import numpy as np
 import PIL.Image
 from PIL import ImageOps
 
-from ..engines import artifacts
 from ..engines.artifacts import ExportedModelManifest
 from ..errors import CvatArgoError
-from ..inference.outputs import DEFAULT_THRESHOLD, Thresholds, detections_to_shapes, fit_to_label
+from ..inference.outputs import (
+    DEFAULT_THRESHOLD,
+    Thresholds,
+    detections_to_shapes,
+    fit_to_label,
+    model_thresholds,
+    parse_thresholds,
+)
 from ..suggest import unknown_name_message
 from .upload import TaskAttribute, TaskLabel, parse_labels, score_value
 
@@ -108,27 +115,6 @@ def _threshold(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise CvatArgoError(f"{where}: {value!r} is not a score threshold between 0 and 1")
     return float(value)
-
-
-def read_thresholds(folder: Path, labels: Sequence[str]) -> tuple[float | None, dict[str, float]]:
-    """The model folder's ``thresholds.json``: (its default or None, per label); (None, {}) without one."""
-    path = Path(folder) / artifacts.THRESHOLDS
-    if not path.is_file():
-        return None, {}
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CvatArgoError(f"{path} is not readable JSON: {exc}") from None
-    per_label = document.get("per_label", {}) if isinstance(document, dict) else None
-    if not isinstance(per_label, dict):
-        raise CvatArgoError(f'{path}: expected {{"default": 0.5, "per_label": {{"label": 0.3}}}}')
-    default = document.get("default")
-    thresholds = {}
-    for name, value in per_label.items():
-        if name not in labels:
-            raise CvatArgoError(f"{path}: {unknown_name_message('label', name, labels)}")
-        thresholds[name] = _threshold(value, f"{path}: label {name!r}")
-    return (None if default is None else _threshold(default, f"{path}: default")), thresholds
 
 
 @dataclass(frozen=True)
@@ -274,10 +260,7 @@ class ModelFunction:
     def thresholds_for(self, conf_threshold: float | None) -> Thresholds:
         """CVAT's threshold, when it gives one, replaces ours as the default and is a floor for the
         per-label ones (a function must return nothing below it)."""
-        if conf_threshold is None:
-            return self.thresholds
-        return Thresholds(conf_threshold, {name: max(value, conf_threshold)
-                                           for name, value in self.thresholds.per_label.items()})
+        return self.thresholds if conf_threshold is None else self.thresholds.floored(conf_threshold)
 
     def detect(self, context: Any, image: PIL.Image.Image) -> Sequence[Any]:
         """Shapes at or above the thresholds (see :meth:`thresholds_for`), fitted to the task's labels."""
@@ -323,7 +306,10 @@ def create(model: str | None = None, runtime: str = "auto", threshold: float | N
 
     folder = local_model(model)
     detector = load_detector(folder, runtime=runtime)
-    default, per_label = read_thresholds(folder, tuple(detector.labels))
-    if threshold is None:
-        threshold = DEFAULT_THRESHOLD if default is None else default
-    return ModelFunction(detector, threshold=threshold, max_detections=max_detections, per_label=per_label)
+    labels = tuple(detector.labels)
+    thresholds = model_thresholds(folder, labels)
+    if threshold is not None:  # -p threshold=float: explicit, so it replaces every threshold of the model's
+        thresholds = parse_thresholds([repr(_threshold(threshold, "threshold"))], labels, thresholds)
+    log.info("cvat-argo: score thresholds from %s: %s", thresholds.origin, thresholds.as_dict())
+    return ModelFunction(detector, threshold=thresholds.default, max_detections=max_detections,
+                         per_label=thresholds.per_label)

@@ -11,12 +11,17 @@ Writes a folder that ``nuctl deploy --project-name cvat --path DIR --file DIR/fu
 - ``main.py``: ``init_context`` loads the model once per worker with
   :func:`cvat_argo.inference.serving.load_detector`; ``handler`` takes CVAT's ``{"image": base64, "threshold"}``
   and answers ``[{"confidence", "label", "points": [x1, y1, x2, y2], "type": "rectangle"}]``;
-- ``model/``: the files of the chosen runtime from the convert output;
+- ``model/``: the files of the chosen runtime from the convert output, with its ``thresholds.json``;
 - ``cvat_argo/``: the few modules the handler imports (serving and its imports), so the image needs
   no cvat-argo installation, only numpy, Pillow and the TFLite runtime (or TensorFlow).
 
 Nuclio calls the handler once per frame (CVAT does not batch), so the TFLite runtime is the default:
 about a millisecond per image on a CPU.
+
+Thresholds: the model's own per label (its ``thresholds.json``, chosen on validation data by the
+convert stage; 0.5 for a model without one), unless ``--threshold`` gives one for every label. A
+request's ``threshold`` replaces the default and is a floor under the per-label ones, as CVAT's
+threshold is for :mod:`cvat_argo.cvat.function`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import yaml
 
 from ..engines import artifacts
 from ..errors import CvatArgoError
+from ..inference.outputs import FROM_ARGUMENT, Thresholds, model_thresholds
 
 PACKAGE = Path(__file__).resolve().parent.parent
 ENTRY_MODULES = ("inference.serving", "inference.outputs")
@@ -59,19 +65,26 @@ sys.path.insert(0, HERE)  # the bundled cvat_argo modules come first
 import numpy as np  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from cvat_argo.inference.outputs import Thresholds, detections_to_shapes  # noqa: E402
+from cvat_argo.inference.outputs import Thresholds, detections_to_shapes, model_thresholds  # noqa: E402
 from cvat_argo.inference.serving import load_detector  # noqa: E402
 
 RUNTIME = {runtime!r}
-DEFAULT_THRESHOLD = {threshold!r}
+THRESHOLD = {threshold!r}  # the bundle's --threshold for every label; None: the model's thresholds.json
 MAX_DETECTIONS = {max_detections!r}
 SHAPE_TYPE = {shape_type!r}
 
 
 def init_context(context):
     context.logger.info("cvat-argo: loading the model (runtime " + RUNTIME + ")")
-    context.user_data.model = load_detector(os.path.join(HERE, {model_folder!r}), runtime=RUNTIME)
-    context.logger.info("cvat-argo: model loaded")
+    folder = os.path.join(HERE, {model_folder!r})
+    context.user_data.model = load_detector(folder, runtime=RUNTIME)
+    if THRESHOLD is None:
+        context.user_data.thresholds = model_thresholds(folder, context.user_data.model.labels)
+    else:
+        context.user_data.thresholds = Thresholds(THRESHOLD, origin="--threshold")
+    thresholds = context.user_data.thresholds
+    context.logger.info("cvat-argo: model loaded; thresholds from " + thresholds.origin + ": "
+                        + json.dumps(thresholds.as_dict()))
 
 
 def _body(event):
@@ -83,14 +96,15 @@ def _body(event):
     return body
 
 
-def detect(model, data):
+def detect(model, thresholds, data):
     """CVAT's request body -> the list of shapes it expects."""
     image = Image.open(io.BytesIO(base64.b64decode(data["image"])))
     image = ImageOps.exif_transpose(image).convert("RGB")
-    threshold = data.get("threshold")
-    threshold = DEFAULT_THRESHOLD if threshold in (None, "") else float(threshold)
+    requested = data.get("threshold")
+    if requested not in (None, ""):
+        thresholds = thresholds.floored(float(requested))
     (found,) = model.detect([np.asarray(image)])
-    shapes = detections_to_shapes(found, model.labels, image.width, image.height, Thresholds(threshold),
+    shapes = detections_to_shapes(found, model.labels, image.width, image.height, thresholds,
                                   max_detections=MAX_DETECTIONS)
     results = []
     for shape in shapes:
@@ -105,7 +119,7 @@ def detect(model, data):
 
 def handler(context, event):
     try:
-        results = detect(context.user_data.model, _body(event))
+        results = detect(context.user_data.model, context.user_data.thresholds, _body(event))
     except (KeyError, ValueError, OSError) as error:
         context.logger.warn("cvat-argo: bad request: " + str(error))
         return context.Response(body=json.dumps({{"error": str(error)}}), headers={{}},
@@ -185,7 +199,8 @@ def _copy_model(model_dir: Path, out: Path, runtime: str) -> dict[str, Any]:
                             f"{', '.join(offered) or 'none'})")
     target = out / BUNDLED_MODEL
     target.mkdir(parents=True)
-    for name in (artifacts.MODEL_MANIFEST, artifacts.LABELS, artifacts.TFLITE_MANIFEST, artifacts.MODEL_CARD):
+    for name in (artifacts.MODEL_MANIFEST, artifacts.LABELS, artifacts.TFLITE_MANIFEST, artifacts.MODEL_CARD,
+                 artifacts.THRESHOLDS):
         if (model_dir / name).is_file():
             shutil.copyfile(model_dir / name, target / name)
     if runtime == "saved_model":
@@ -269,11 +284,16 @@ def function_yaml(name: str, display: str, labels: Sequence[str], shape_type: st
 
 
 def bundle(model_dir: Path, out: Path, *, name: str | None = None, runtime: str = "auto",
-           threshold: float = 0.5, max_detections: int = 100) -> dict[str, Any]:
-    """Write the deployable folder; returns what was written (name, runtime, labels, files)."""
+           threshold: float | None = None, max_detections: int = 100) -> dict[str, Any]:
+    """Write the deployable folder; returns what was written (name, runtime, labels, files, thresholds).
+
+    ``threshold``: one for every label, replacing the model's ``thresholds.json`` (None: the model's).
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CvatArgoError(f"{model_dir} is not a folder: give the convert stage's output")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise CvatArgoError(f"--threshold {threshold} is not between 0 and 1")
     from ..entry import build_output
     from ..formats.label_map import read_labels_json
 
@@ -299,8 +319,11 @@ def bundle(model_dir: Path, out: Path, *, name: str | None = None, runtime: str 
                                                         model_folder=BUNDLED_MODEL),
                                          encoding="utf-8")
         modules = _copy_package(partial)
+        thresholds = (model_thresholds(partial / BUNDLED_MODEL, labels) if threshold is None
+                      else Thresholds(threshold, origin=FROM_ARGUMENT))  # also checks the model's file now
         return {"name": fname, "display_name": display, "runtime": copied["runtime"], "labels": labels,
-                "files": files, "modules": modules}
+                "files": files, "modules": modules, "thresholds": thresholds.as_dict(),
+                "threshold_origin": thresholds.origin}
 
     return build_output(out, build)
 
@@ -312,15 +335,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", help="display name in CVAT (default: the model's name)")
     parser.add_argument("--runtime", choices=("auto", "tflite", "tflite-fp16", "saved_model"), default="auto",
                         help="auto: TFLite when the model has it (fast on CPU), else the SavedModel")
-    parser.add_argument("--threshold", type=float, default=0.5, help="used when CVAT sends no threshold")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="one score threshold for every label, replacing the model's thresholds.json "
+                        "(default: the model's, 0.5 without one); a request's threshold is a floor on top")
     parser.add_argument("--max-detections", type=int, default=100)
     ns = parser.parse_args(argv)
-    if not 0 <= ns.threshold <= 1:
-        raise CvatArgoError(f"--threshold {ns.threshold} is not between 0 and 1")
     result = bundle(ns.model_dir, ns.out, name=ns.name, runtime=ns.runtime, threshold=ns.threshold,
                     max_detections=ns.max_detections)
     print(f"nuclio function {result['name']} ({result['runtime']}, labels: {', '.join(result['labels'])}) "
           f"written to {ns.out}")
+    per_label = result["thresholds"]["per_label"]
+    print(f"score thresholds ({result['threshold_origin']}): "
+          + (", ".join(f"{k} {v}" for k, v in per_label.items()) if per_label
+             else f"{result['thresholds']['default']} for every label"))
     print(f"deploy: nuctl deploy --project-name cvat --path {ns.out} --file {ns.out / 'function.yaml'} "
           "--platform local  (or CVAT's serverless/deploy_cpu.sh)")
     return 0

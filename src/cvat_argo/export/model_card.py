@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines import artifacts
+from .thresholds import rate
 
 
 def _human(size: int) -> str:
@@ -17,8 +18,30 @@ def _human(size: int) -> str:
     return str(size)
 
 
+def threshold_section(thresholds: dict[str, Any]) -> list[str]:
+    """The chosen score thresholds (``thresholds.json``) as a table, beside what the fixed default gives."""
+    chosen_on = thresholds["chosen_on"]
+    cap = (f" (the first {chosen_on['images']} of {chosen_on['validation_images']}: capped at "
+           f"{chosen_on['max_images']})" if chosen_on["capped"] else "")
+    lines = ["## Score thresholds", "",
+             f"Chosen on {chosen_on['images']} validation images{cap} with the `{chosen_on['runtime']}` runtime: per "
+             f"label the lowest score at which precision reaches {chosen_on['target_precision']:g} (a detection "
+             f"counts when it overlaps an object of its label by IoU {chosen_on['iou']:g}), never below "
+             f"{chosen_on['floor']:g}. Pre-annotation, `cvat_argo.cvat_function` and the nuclio bundle use them "
+             f"unless a threshold is given; `{artifacts.THRESHOLDS}` has the details.", "",
+             f"| label | threshold | precision | recall | objects | at {chosen_on['compared_at']:g}: "
+             "precision / recall | note |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, item in thresholds["labels"].items():
+        at = item["at_default"]
+        note = "" if item["target_reached"] else item["reason"]
+        lines.append(f"| {name} | {item['threshold']:g} | {rate(item['precision'])} | {rate(item['recall'])} | "
+                     f"{item['support']} | {rate(at['precision'])} / {rate(at['recall'])} | {note} |")
+    return [*lines, ""]
+
+
 def model_card(manifest: dict[str, Any], metrics: dict[str, Any], dataset: dict[str, Any],
-               test: dict[str, Any]) -> str:
+               test: dict[str, Any], thresholds: dict[str, Any] | None = None) -> str:
     lines = [f"# {manifest['model']}", "", f"Model Garden experiment `{manifest['experiment']}` "
              f"({manifest['architecture']}), input {manifest['input_size']} x {manifest['input_size']} px, "
              f"trained to step {manifest['source']['step']}.", "",
@@ -38,7 +61,10 @@ def model_card(manifest: dict[str, Any], metrics: dict[str, Any], dataset: dict[
     if "training_seconds" in metrics:
         lines += ["", f"Training took {metrics['training_seconds'] / 60:.1f} min "
                       f"({metrics.get('total_steps', '?')} steps, global batch {metrics.get('global_batch', '?')})."]
-    lines += ["", "## Exports", "", "| file | size |", "|---|---:|"]
+    lines += [""]
+    if thresholds:
+        lines += threshold_section(thresholds)
+    lines += ["## Exports", "", "| file | size |", "|---|---:|"]
     sizes: dict[str, int] = {}
     for entry in manifest["exports"]:
         top = entry["file"].split("/")[0]

@@ -20,9 +20,9 @@ FORMAT_VERSION = 1
 
 
 def file_entries(out: Path) -> list[dict[str, Any]]:
-    """Size and sha256 of every file of the exports, for integrity checks after copies."""
+    """Size and sha256 of every file of the exports (and of the score thresholds), for integrity checks after copies."""
     entries = []
-    paths = [out / name for name in (*artifacts.TFLITE_FILES.values(), artifacts.TFLITE_MANIFEST)]
+    paths = [out / name for name in (*artifacts.TFLITE_FILES.values(), artifacts.TFLITE_MANIFEST, artifacts.THRESHOLDS)]
     paths += sorted(p for p in (out / artifacts.SAVED_MODEL_DIR).rglob("*") if p.is_file())
     for path in paths:
         if path.is_file():

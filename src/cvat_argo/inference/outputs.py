@@ -8,6 +8,7 @@ Mask R-CNN masks turned into polygons.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..engines import artifacts
-from ..errors import CvatArgoError
+from ..errors import CvatArgoError, ServingError
 from ..formats.annotations import ImageRecord, LabelSpec, Shape
 from ..reports.markdown import capped_section
 from ..suggest import unknown_name_message
+from .next_to_annotate import report_section
 
 DEFAULT_THRESHOLD = 0.5
 SCORE_BINS = 20
@@ -29,13 +31,23 @@ SCORE_BINS = 20
 
 # --- thresholds ----------------------------------------------------------------------------------
 
+#: Where the thresholds in use came from (``summary.json``'s ``threshold_origin``).
+FROM_MODEL = "model thresholds.json"
+FROM_ARGUMENT = "--threshold"
+FROM_DEFAULT = "default"
+
 
 @dataclass(frozen=True)
 class Thresholds:
-    """A global score threshold and per-label overrides (``--threshold 0.5 --threshold person=0.3``)."""
+    """A global score threshold and per-label overrides (``--threshold 0.5 --threshold person=0.3``).
+
+    ``origin`` says where they came from: the model's ``thresholds.json`` (chosen on validation data
+    by the convert stage), an explicit ``--threshold``, or the built-in default.
+    """
 
     default: float = DEFAULT_THRESHOLD
     per_label: Mapping[str, float] = field(default_factory=dict)
+    origin: str = FROM_DEFAULT
 
     def of(self, label: str) -> float:
         return self.per_label.get(label, self.default)
@@ -48,6 +60,20 @@ class Thresholds:
     def as_dict(self) -> dict[str, Any]:
         return {"default": self.default, "per_label": dict(self.per_label)}
 
+    @property
+    def note(self) -> str | None:
+        """Why every label has the built-in default, when it does (a model converted before thresholds were chosen)."""
+        if self.origin != FROM_DEFAULT:
+            return None
+        return (f"the model has no {artifacts.THRESHOLDS} (converted before thresholds were chosen on validation "
+                f"data): {self.default:g} for every label without --threshold")
+
+    def floored(self, requested: float) -> Thresholds:
+        """What a caller's own minimum (CVAT's ``conf_threshold``, a nuclio request's ``threshold``) leaves:
+        it replaces the default, and raises every per-label threshold below it (nothing under it is returned)."""
+        return Thresholds(requested, {name: max(value, requested) for name, value in self.per_label.items()},
+                          self.origin)
+
 
 def _score(text: str, where: str) -> float:
     try:
@@ -59,9 +85,14 @@ def _score(text: str, where: str) -> float:
     return value
 
 
-def parse_thresholds(values: Sequence[str], labels: Sequence[str]) -> Thresholds:
-    """``["0.4", "person=0.3"]`` -> Thresholds; a label the model lacks is an error naming it."""
-    default = DEFAULT_THRESHOLD
+def parse_thresholds(values: Sequence[str], labels: Sequence[str], base: Thresholds | None = None) -> Thresholds:
+    """``["0.4", "person=0.3"]`` over ``base`` (the model's thresholds) -> Thresholds.
+
+    Explicit values win: a global one replaces every threshold of ``base``, a per-label one only its
+    label's. A label the model lacks is an error naming it.
+    """
+    base = base or Thresholds()
+    default: float | None = None
     per_label: dict[str, float] = {}
     for value in values:
         name, sep, number = value.rpartition("=")
@@ -72,7 +103,44 @@ def parse_thresholds(values: Sequence[str], labels: Sequence[str]) -> Thresholds
         if name not in labels:
             raise CvatArgoError(f"--threshold {value!r}: {unknown_name_message('label', name, labels)}")
         per_label[name] = _score(number.strip(), value)
-    return Thresholds(default, per_label)
+    if default is not None:
+        return Thresholds(default, per_label, FROM_ARGUMENT)
+    if not per_label:
+        return base
+    origin = FROM_ARGUMENT if base.origin == FROM_DEFAULT else f"{base.origin} + {FROM_ARGUMENT}"
+    return Thresholds(base.default, {**base.per_label, **per_label}, origin)
+
+
+def _model_threshold(value: Any, path: Path, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ServingError(f"{path}: {what}: {value!r} is not a score threshold between 0 and 1")
+    return float(value)
+
+
+def model_thresholds(model_dir: Path | str, labels: Sequence[str]) -> Thresholds:
+    """The thresholds a convert output folder ships (``thresholds.json``: ``{"default", "per_label"}``).
+
+    A model converted before thresholds were chosen has no file: then every label has the built-in
+    default (origin ``default``). A file that is unreadable, or names a label the model lacks, is a
+    :class:`ServingError` naming it.
+    """
+    path = Path(model_dir) / artifacts.THRESHOLDS
+    if not path.is_file():
+        return Thresholds()
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ServingError(f"{path} is not readable JSON: {exc}") from None
+    per_label = document.get("per_label", {}) if isinstance(document, dict) else None
+    if not isinstance(per_label, dict):
+        raise ServingError(f'{path}: expected {{"default": 0.5, "per_label": {{"label": 0.3}}}}')
+    for name in per_label:
+        if name not in labels:
+            raise ServingError(f"{path}: {unknown_name_message('label', name, labels)}")
+    default = document.get("default")
+    return Thresholds(DEFAULT_THRESHOLD if default is None else _model_threshold(default, path, "default"),
+                      {name: _model_threshold(value, path, f"label {name!r}") for name, value in per_label.items()},
+                      FROM_MODEL)
 
 
 # --- detections -> shapes ------------------------------------------------------------------------
@@ -289,8 +357,10 @@ def plot_scores(path: Path, summary: Mapping[str, Any], thresholds: Mapping[str,
     save_figure(figure, path)
 
 
-def write_report(out: Path, summary: Mapping[str, Any]) -> None:
-    """``report.md``: what was annotated, how fast, what was skipped and what went to CVAT."""
+def write_report(out: Path, summary: Mapping[str, Any],
+                 next_to_annotate: Sequence[Mapping[str, Any]] | None = None) -> None:
+    """``report.md``: what was annotated, how fast, what was skipped, what went to CVAT and what to
+    annotate next (``next_to_annotate``: the rows of that list, None when it was not made)."""
     lines = [
         "# Pre-annotations",
         "",
@@ -299,7 +369,9 @@ def write_report(out: Path, summary: Mapping[str, Any]) -> None:
         "",
         f"Threshold {summary['threshold']['default']}"
         + "".join(f", {k} {v}" for k, v in summary["threshold"]["per_label"].items())
-        + f"; at most {summary['max_detections']} shapes per image.",
+        + (f" (from {summary['threshold_origin']})" if summary.get("threshold_origin") else "")
+        + f"; at most {summary['max_detections']} shapes per image."
+        + (f" Note: {summary['threshold_note']}." if summary.get("threshold_note") else ""),
         "",
         "| label | shapes |",
         "|---|---:|",
@@ -326,6 +398,8 @@ def write_report(out: Path, summary: Mapping[str, Any]) -> None:
         lines += ["", f"CVAT: {summary['upload_note']}"]
     lines += capped_section("Skipped images", [f"{s['name']}: {s['reason']}" for s in summary["skipped"]],
                             artifacts.ANNOTATION_SUMMARY)
+    if next_to_annotate is not None:
+        lines += report_section(next_to_annotate)
     lines += ["", f"![score histogram]({artifacts.SCORES_PLOT})", ""]
     (out / artifacts.STAGE_REPORT).write_text("\n".join(lines), encoding="utf-8")
 

@@ -1,7 +1,8 @@
 """convert: the trained model exported for serving (SavedModel, TFLite), self-tested against the checkpoint.
 
 ``python -m cvat_argo.steps.convert --model MODEL_DIR --dataset DATASET_DIR --out OUT_DIR
-[--score-threshold 0.05] [--self-test-images 8]``
+[--score-threshold 0.05] [--self-test-images 8] [--target-precision 0.9] [--threshold-floor 0.3]
+[--threshold-images 2000]``
 
 ``MODEL_DIR`` is the train stage's output (checkpoints, ``params.yaml``, ``model.json``,
 ``metrics.json``), ``DATASET_DIR`` the dataset stage's (``labels.json``, ``val-*`` shards). The
@@ -19,6 +20,11 @@ output, built in ``OUT_DIR.partial`` and renamed when complete:
   TFLite export: ``model.json`` says why.
 * ``labels.json``, ``model.json`` (what is inside, every file's size and sha256, the signatures,
   the runtimes), ``model_card.md``, ``params.yaml`` and ``self_test.json``.
+* ``thresholds.json``: a score threshold per label, chosen on the validation split with the runtime
+  pre-annotation uses by default (the lowest reaching ``--target-precision`` 0.9, never below
+  ``--threshold-floor`` 0.3, on at most ``--threshold-images`` 2000 images; see
+  :mod:`cvat_argo.export.thresholds`). pre-annotate, ``cvat_argo.cvat_function`` and the nuclio
+  bundle use them unless given a threshold.
 
 Self-test: on a few validation images the trained Keras model (newest checkpoint) and every export,
 run through :mod:`cvat_argo.inference.serving`, must give the same detections within a tolerance; a mismatch
@@ -46,7 +52,16 @@ from ..export.output import FORMAT, FORMAT_VERSION, check_output_folder, file_en
 from ..export.saved_model import export_saved_model
 from ..export.self_test import ReferenceModel, check_self_test, self_test, self_test_images
 from ..export.tflite import NO_TFLITE_REASON, TFLiteExportProcess
+from ..export.thresholds import (
+    DEFAULT_FLOOR,
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_TARGET_PRECISION,
+    check_choice,
+    choose_thresholds,
+    describe,
+)
 from ..formats.label_map import write_labels_json
+from ..inference.serving import load_detector
 
 #: Model Garden's default lowest score of a returned detection (``pre_nms_score_threshold``).
 DEFAULT_SCORE_THRESHOLD = 0.05
@@ -54,11 +69,13 @@ DEFAULT_SELF_TEST_IMAGES = 8
 
 
 def run(model: Path, dataset: Path, out: Path, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-        test_images: int = DEFAULT_SELF_TEST_IMAGES) -> dict[str, Any]:
-    """Export, self-test and publish; returns the summary that ``model.json`` holds."""
+        test_images: int = DEFAULT_SELF_TEST_IMAGES, target_precision: float = DEFAULT_TARGET_PRECISION,
+        threshold_floor: float = DEFAULT_FLOOR, threshold_images: int = DEFAULT_MAX_IMAGES) -> dict[str, Any]:
+    """Export, self-test, choose the score thresholds and publish; returns the summary that ``model.json`` holds."""
     model, dataset, out = Path(model), Path(dataset), Path(out)
     if not 0.0 <= score_threshold < 1.0:
         raise ConvertError(f"score threshold must be in [0, 1), got {score_threshold}")
+    check_choice(target_precision, threshold_floor, threshold_images)  # before minutes of export
     trained = read_trained_model(model)
     labels = read_dataset_labels(dataset, trained)
     check_output_folder(out)
@@ -112,15 +129,21 @@ def run(model: Path, dataset: Path, out: Path, score_threshold: float = DEFAULT_
     if not test["compared_detections"]:
         print(f"warning: no detection scored {score_threshold} or more on the self-test images, so the self-test "
               "compared nothing (an undertrained model?)", flush=True)
+    detector = load_detector(partial, "auto")  # what pre-annotate runs by default here
+    thresholds = choose_thresholds(detector, dataset, labels, target_precision=target_precision,
+                                   floor=threshold_floor, max_images=threshold_images)
+    artifacts.write_json(partial / artifacts.THRESHOLDS, thresholds)
+    print(describe(thresholds), flush=True)
     manifest = dataclasses.replace(
-        manifest, convert_seconds=round(time.monotonic() - started, 1),
+        manifest, convert_seconds=round(time.monotonic() - started, 1), exports=file_entries(partial),
         self_test={"ok": True, "images": len(images), "compared_detections": test["compared_detections"],
                    "runtimes": {r: item["compared"] for r, item in test["runtimes"].items()}})
     manifest.write(partial)
     document = manifest.to_json()
     metrics = optional_json(model / artifacts.METRICS)
     dataset_summary = optional_json(dataset / artifacts.DATASET_SUMMARY)
-    (partial / artifacts.MODEL_CARD).write_text(model_card(document, metrics, dataset_summary, test), encoding="utf-8")
+    card = model_card(document, metrics, dataset_summary, test, thresholds)
+    (partial / artifacts.MODEL_CARD).write_text(card, encoding="utf-8")
     publish(partial, out)
     print(f"converted {trained.entry.name}: {', '.join(runtimes)} in {manifest.convert_seconds:.0f} s; "
           f"self-test ok ({test['compared_detections']} detections compared)", flush=True)
@@ -135,8 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
                         help="lowest score the exports return (the annotate stage applies its own on top)")
     parser.add_argument("--self-test-images", type=int, default=DEFAULT_SELF_TEST_IMAGES)
+    parser.add_argument("--target-precision", type=float, default=DEFAULT_TARGET_PRECISION,
+                        help="each label's threshold is the lowest reaching this validation precision")
+    parser.add_argument("--threshold-floor", type=float, default=DEFAULT_FLOOR,
+                        help="no label's threshold goes below this (also used where the target is not reached)")
+    parser.add_argument("--threshold-images", type=int, default=DEFAULT_MAX_IMAGES,
+                        help="at most this many validation images (the first ones) choose the thresholds")
     ns = parser.parse_args(argv)
-    run(ns.model, ns.dataset, ns.out, ns.score_threshold, ns.self_test_images)
+    run(ns.model, ns.dataset, ns.out, ns.score_threshold, ns.self_test_images, ns.target_precision,
+        ns.threshold_floor, ns.threshold_images)
     return 0
 
 
