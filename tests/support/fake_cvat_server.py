@@ -8,11 +8,18 @@ PATCH or PUT then also needs the ``X-CSRFToken`` header, as Django checks it). T
 
 * the upload: ``/api/labels?task_id=`` (labels typed ``any``/``rectangle``/``polygon``/..., with their
   attributes, see ``label()``), ``/api/tasks/{id}/data/meta``, ``/api/tasks/{id}/annotations``
-  GET, ``PATCH ?action=create`` (appends) and ``PUT`` (replaces). Both keep what they create, so a
-  second run sees what the first one added, and both check what CVAT's ``JobAnnotation`` checks: a
-  ``label_id`` of the task and attribute ``spec_id``s of that label, else a 400 and nothing is kept.
-  CVAT itself does not compare a shape's type with its label's type: cvat-sdk's auto-annotation
-  driver does that on the client, against the label types served here;
+  GET, ``PATCH ?action=create`` (appends; the answer lists the created objects with their new ids),
+  ``PATCH ?action=update`` (replaces the objects with those ids by the ones sent: a shape keeps the
+  ``source`` the request names, ``manual`` when it names none, as CVAT's serializer does; only CVAT's
+  UI turns an edited ``auto`` shape into ``semi-auto``), ``PATCH ?action=delete`` (removes the objects
+  with those ids; ids the task lacks are ignored) and ``PUT`` (replaces everything). Changes are kept,
+  so a second run sees what the first one did, and they are checked as CVAT checks them: every shape
+  needs ``type``, ``frame`` and ``label_id`` (the serializer's required fields, also for a delete), and
+  what is created needs a ``label_id`` of the task and attribute ``spec_id``s of that label
+  (``JobAnnotation``), else a 400 and nothing changes. ``FakeTask.patch_failures`` makes the n-th
+  PATCH (1-based) fail with a status and change nothing, as an outage mid-upload does. CVAT itself
+  does not compare a shape's type with its label's type: cvat-sdk's auto-annotation driver does that
+  on the client, against the label types served here;
 * the media cvat-sdk's ``TaskDataset`` (the auto-annotation driver) reads: ``GET /api/tasks/{id}/data
   ?type=chunk&number=&quality=`` (a zip of the chunk's images, ``FakeTask.chunk_size`` frames a chunk)
   and ``?type=frame&number=`` (one image); a frame's image is ``FakeTask.images[frame]`` (encoded
@@ -22,8 +29,12 @@ PATCH or PUT then also needs the ``X-CSRFToken`` header, as Django checks it). T
   ``TaskRead`` parses it), ``POST /api/tasks/{id}/dataset/export?format=&save_images=`` (202 and
   an ``rq_id``), ``GET /api/requests/{rq_id}`` (``started`` for ``FakeTask.pending_polls`` polls, then
   ``finished`` with a ``result_url``, or ``failed`` when the task has no ``export_zip``) and that
-  URL (the zip, as an attachment);
-* the jobs: ``GET /api/jobs?task_id=&page=``, ``FakeTask.page_size`` jobs a page, as ``JobRead``, and
+  URL (the zip, as an attachment; with ``FakeTask.live_export`` made from the task's current
+  annotations by ``live_export_zip``, as CVAT does);
+* the jobs: ``GET /api/jobs?task_id=&page=``, ``FakeTask.page_size`` jobs a page, as ``JobRead``,
+  ``GET /api/jobs/{id}``, ``PATCH /api/jobs/{id}`` with ``stage`` and/or ``state`` (what a reviewer's
+  "finish the job" or "send to acceptance" does: a new stage without a state resets the state to
+  ``new`` and the status follows the stage, as CVAT's ``JobWriteSerializer`` does), and
   ``GET /api/jobs/{id}/data/meta`` (``DataMetaRead``: the job's ``included_frames`` when ``job()`` was
   given them, else null as for a plain range; the task's ``deleted_frames`` within the job).
 
@@ -63,12 +74,15 @@ class FakeTask:
     deleted_frames: list[int] = field(default_factory=list)
     requests: list[tuple[str, str, Any]] = field(default_factory=list)  # (method, path+query, JSON body)
     name: str = "fake task"
-    export_zip: bytes | None = None  # what an export produces; None: the export request fails
+    export_zip: bytes | None = None  # what an export produces; None: the export request fails (unless live)
+    live_export: bool = False  # the export is made from the task as it is now (live_export_zip)
     jobs: list[dict[str, Any]] = field(default_factory=list)  # JobRead dicts, see job()
     page_size: int = 10  # CVAT's default
     pending_polls: int = 0  # polls of an export request answered "started" before it finishes
     images: dict[int, bytes] = field(default_factory=dict)  # frame: encoded image (else a grey JPEG)
     chunk_size: int = 72  # frames per data chunk (CVAT's data_chunk_size)
+    patch_failures: dict[int, int] = field(default_factory=dict)  # n-th PATCH (1-based): HTTP status to fail with
+    next_id: int = 1000  # ids of created objects: never reused, as a database sequence
 
     @property
     def patches(self) -> list[dict[str, Any]]:
@@ -81,6 +95,10 @@ class FakeTask:
                 if body and urlsplit(path).path.rstrip("/") == f"/api/tasks/{self.id}/annotations"
                 and (method == "PUT" or (method == "PATCH" and "action=create" in urlsplit(path).query))
                 for shape in body.get("shapes", [])]
+
+    def shapes_on(self, frame: int) -> list[dict[str, Any]]:
+        """The shapes the task holds on ``frame``, in the order they were made."""
+        return [shape for shape in self.shapes if shape["frame"] == frame]
 
     @property
     def exports(self) -> list[dict[str, list[str]]]:
@@ -190,6 +208,55 @@ def chunk_zip(task: FakeTask, number: int) -> bytes | None:
     return out.getvalue()
 
 
+def live_export_zip(task: FakeTask) -> bytes:
+    """"CVAT for images 1.1" with images, as CVAT 2.x writes it from the task's current annotations.
+
+    Written here with ElementTree, not with our own writer, so that a round trip through the stages
+    tests our reader against CVAT's layout: ``<image>`` per frame with ``<box>`` (xtl/ytl/xbr/ybr) and
+    ``<polygon>`` (``points="x,y;x,y"``) children carrying ``label``, ``source``, ``occluded`` and
+    ``z_order``; the task's labels with their types in ``<meta><task>``; the images under ``images/``.
+    """
+    import io
+    import xml.etree.ElementTree as ET
+    import zipfile
+
+    names = {item["id"]: item["name"] for item in task.labels}
+    root = ET.Element("annotations")
+    ET.SubElement(root, "version").text = "1.1"
+    meta = ET.SubElement(ET.SubElement(root, "meta"), "task")
+    for key, value in (("id", task.id), ("name", task.name), ("size", len(task.frames)), ("mode", "annotation"),
+                       ("overlap", 0), ("start_frame", 0), ("stop_frame", len(task.frames) - 1)):
+        ET.SubElement(meta, key).text = str(value)
+    labels = ET.SubElement(meta, "labels")
+    for item in task.labels:
+        node = ET.SubElement(labels, "label")
+        for key in ("name", "color", "type"):
+            ET.SubElement(node, key).text = str(item.get(key, ""))
+        ET.SubElement(node, "attributes")
+    for frame, info in enumerate(task.frames):
+        if frame in task.deleted_frames:
+            continue
+        image = ET.SubElement(root, "image", id=str(frame), name=info["name"], width=str(info.get("width", 0)),
+                              height=str(info.get("height", 0)))
+        for shape in task.shapes_on(frame):
+            common = {"label": names[shape["label_id"]], "source": shape.get("source", "manual"),
+                      "occluded": "1" if shape.get("occluded") else "0", "z_order": str(shape.get("z_order", 0))}
+            points = shape["points"]
+            if shape["type"] == "rectangle":
+                ET.SubElement(image, "box", **common, xtl=f"{points[0]:.2f}", ytl=f"{points[1]:.2f}",
+                              xbr=f"{points[2]:.2f}", ybr=f"{points[3]:.2f}")
+            elif shape["type"] == "polygon":
+                pairs = ";".join(f"{x:.2f},{y:.2f}" for x, y in zip(points[::2], points[1::2], strict=True))
+                ET.SubElement(image, "polygon", **common, points=pairs)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("annotations.xml", b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root))
+        for frame, info in enumerate(task.frames):
+            if frame not in task.deleted_frames:
+                archive.writestr(f"images/{info['name']}", frame_image(task, frame))
+    return out.getvalue()
+
+
 SHAPE_DEFAULTS = {"occluded": False, "outside": False, "z_order": 0, "rotation": 0.0, "group": 0, "source": "manual",
                   "attributes": [], "elements": []}
 
@@ -211,6 +278,35 @@ def annotation_errors(task: FakeTask, body: dict[str, Any]) -> list[str]:
                     if value.get("spec_id") not in attributes[part["label_id"]]:
                         errors.append(f"spec_id `{value.get('spec_id')}` is invalid")
     return errors
+
+
+def missing_fields(body: dict[str, Any]) -> dict[str, Any] | None:
+    """What CVAT's ``LabeledDataSerializer`` refuses in any write (a delete too): a shape without ``type``,
+    ``frame`` or ``label_id``, a tag or track without ``frame`` or ``label_id``."""
+    required = {"tags": ("frame", "label_id"), "shapes": ("type", "frame", "label_id"), "tracks": ("frame", "label_id")}
+    for kind, fields in required.items():
+        for item in body.get(kind) or ():
+            missing = [name for name in fields if item.get(name) is None]
+            if missing:
+                return {kind: [{name: ["This field is required."] for name in missing}]}
+    return None
+
+
+def _create(task: FakeTask, body: dict[str, Any], *, keep_ids: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Store the body's objects with the serializer's defaults; new ids unless ``keep_ids`` (an update)."""
+    created: dict[str, list[dict[str, Any]]] = {"tags": [], "shapes": [], "tracks": []}
+    for kind, defaults in (("tags", {"group": 0, "source": "manual", "attributes": []}), ("shapes", SHAPE_DEFAULTS),
+                           ("tracks", {"group": 0, "source": "manual", "attributes": []})):
+        for item in body.get(kind) or ():
+            if keep_ids and item.get("id") is not None:
+                new_id = item["id"]
+            else:
+                task.next_id += 1
+                new_id = task.next_id
+            kept = {**defaults, **item, "id": new_id}
+            getattr(task, kind).append(kept)
+            created[kind].append(kept)
+    return created
 
 
 def _user(host: str) -> dict[str, Any]:
@@ -277,9 +373,10 @@ def _handler(task: FakeTask):
             if method == "GET" and url.path == f"{base}/annotations":
                 return self._answer(200, {"version": 0, "tags": task.tags, "shapes": task.shapes,
                                           "tracks": task.tracks})
-            if url.path == f"{base}/annotations" and (
-                    method == "PUT" or (method == "PATCH" and query.get("action") == ["create"])):
-                return self._save_annotations(body or {}, replace=method == "PUT")
+            if url.path == f"{base}/annotations" and method == "PUT":
+                return self._save_annotations(body or {}, replace=True)
+            if url.path == f"{base}/annotations" and method == "PATCH":
+                return self._patch_annotations(query.get("action", [""])[0], body or {})
             if method == "GET" and url.path == base:
                 return self._answer(200, task_read(task, host))
             if method == "POST" and url.path == f"{base}/dataset/export":
@@ -287,7 +384,7 @@ def _handler(task: FakeTask):
             if method == "GET" and url.path.startswith("/api/requests/"):
                 return self._poll(unquote(url.path.removeprefix("/api/requests/")), host)
             if method == "GET" and url.path == f"{base}/dataset/download" and query.get("rq_id", [""])[0] in exports:
-                return self._send(200, task.export_zip or b"", {
+                return self._send(200, live_export_zip(task) if task.live_export else task.export_zip or b"", {
                     "Content-Type": "application/zip",
                     "Content-Disposition": f'attachment; filename="task_{task.id}_dataset.zip"'})
             if method == "GET" and url.path == "/api/jobs" and query.get("task_id") == [str(task.id)]:
@@ -295,6 +392,9 @@ def _handler(task: FakeTask):
             jobs = {f"/api/jobs/{j['id']}/data/meta": j for j in task.jobs}
             if method == "GET" and url.path in jobs:
                 return self._answer(200, job_meta(task, jobs[url.path]))
+            by_path = {f"/api/jobs/{j['id']}": j for j in task.jobs}
+            if method in ("GET", "PATCH") and url.path in by_path:
+                return self._job(by_path[url.path], body if method == "PATCH" else None)
             return self._answer(404, {"detail": "Not found."})
 
         def _media(self, query: dict[str, list[str]]) -> None:
@@ -313,20 +413,57 @@ def _handler(task: FakeTask):
             return self._send(200, data, {"Content-Type": "application/zip"})
 
         def _save_annotations(self, body: dict[str, Any], *, replace: bool) -> None:
-            errors = annotation_errors(task, body)
-            if errors:
-                return self._answer(400, errors[:1])  # a DRF ValidationError: a list of messages
+            if self._refused(body, check_labels=True):
+                return None
             if replace:
                 task.tags, task.shapes, task.tracks = [], [], []
-            created: dict[str, list[dict[str, Any]]] = {"tags": [], "shapes": [], "tracks": []}
-            for kind, store, defaults in (("tags", task.tags, {"group": 0, "source": "manual", "attributes": []}),
-                                          ("shapes", task.shapes, SHAPE_DEFAULTS),
-                                          ("tracks", task.tracks, {"group": 0, "source": "manual", "attributes": []})):
-                for item in body.get(kind) or ():
-                    kept = {**defaults, **item, "id": 1000 + len(task.tags) + len(task.shapes) + len(task.tracks)}
-                    store.append(kept)
-                    created[kind].append(kept)
-            return self._answer(200, {"version": 1, **created})
+            return self._answer(200, {"version": 1, **_create(task, body)})
+
+        def _patch_annotations(self, action: str, body: dict[str, Any]) -> None:
+            number = sum(method == "PATCH" and "/annotations" in path for method, path, _ in task.requests)
+            if number in task.patch_failures:
+                return self._answer(task.patch_failures[number], {"detail": "fake: this PATCH fails"})
+            if action not in ("create", "update", "delete"):
+                return self._answer(400, ["action must be one of create, update, delete"])
+            if self._refused(body, check_labels=action != "delete"):
+                return None
+            if action == "create":
+                return self._answer(200, {"version": 1, **_create(task, body)})
+            gone = {kind: {item.get("id") for item in body.get(kind) or ()} for kind in ("tags", "shapes", "tracks")}
+            task.tags = [t for t in task.tags if t["id"] not in gone["tags"]]
+            task.shapes = [s for s in task.shapes if s["id"] not in gone["shapes"]]
+            task.tracks = [t for t in task.tracks if t["id"] not in gone["tracks"]]
+            if action == "update":  # CVAT's JobAnnotation.update: delete by id, then create as sent (ids kept)
+                return self._answer(200, {"version": 1, **_create(task, body, keep_ids=True)})
+            return self._answer(200, {"version": 1, **{kind: body.get(kind) or [] for kind in gone}})
+
+        def _refused(self, body: dict[str, Any], *, check_labels: bool) -> bool:
+            """Answer 400 and return True for what CVAT refuses; False when the body may be saved."""
+            missing = missing_fields(body)
+            if missing:
+                self._answer(400, missing)  # the serializer's ValidationError: field -> messages
+                return True
+            errors = annotation_errors(task, body) if check_labels else []
+            if errors:
+                self._answer(400, errors[:1])  # JobAnnotation's ValidationError: a list of messages
+                return True
+            return False
+
+        def _job(self, job_: dict[str, Any], change: dict[str, Any] | None) -> None:
+            if change:
+                stage, state = change.get("stage"), change.get("state")
+                if stage not in (None, "annotation", "validation", "acceptance") or state not in (
+                        None, "new", "in progress", "rejected", "completed"):
+                    return self._answer(400, {"stage" if stage else "state": ["is not a valid choice."]})
+                if stage and stage != job_["stage"] and not state:
+                    state = "new"  # a job moved to another stage starts there anew
+                if stage:
+                    job_["stage"] = stage
+                    job_["status"] = ("annotation" if stage == "annotation" else "completed"
+                                      if stage == "acceptance" and state == "completed" else "validation")
+                if state:
+                    job_["state"] = state
+            return self._answer(200, {k: v for k, v in job_.items() if k != JOB_FRAMES})
 
         def _refusal(self, method: str) -> tuple[int, dict[str, str]] | None:
             """What CVAT (Django REST framework) answers a request without valid credentials."""
@@ -370,7 +507,7 @@ def _handler(task: FakeTask):
             if export["polls"] <= task.pending_polls:
                 status = "started"
             else:
-                status = "finished" if task.export_zip is not None else "failed"
+                status = "finished" if task.export_zip is not None or task.live_export else "failed"
             return self._answer(200, _export_request(task, rq_id, export["query"], status, host))
 
         def _jobs(self, page: int, host: str, path: str, query: dict[str, list[str]]) -> None:

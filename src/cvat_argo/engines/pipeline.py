@@ -286,8 +286,11 @@ def build_pipeline(request: TrainingRequest | ResolvedRequest, catalog: Catalog 
             module="cvat_argo.steps.annotate",
             description="detect objects on the unannotated images; CVAT XML, COCO JSON, and shapes in the CVAT task",
             **image(a.PRE_ANNOTATE, "annotate"),
+            # the ledger of what earlier runs added to the task lives in the store beside the runs, so a
+            # later run never re-adds what a reviewer deleted (cvat_argo.cvat.ledger)
             args=("--model", f"{{input:{a.EXPORTED}}}", "--dataset", f"{{input:{a.DATASET}}}",
-                  "--cvat-task-id", "{param:cvat-task-id}", "--out", f"{{output:{a.ANNOTATIONS}}}"),
+                  "--cvat-task-id", "{param:cvat-task-id}", "--ledger", a.ledgers_root("{param:output-prefix}"),
+                  "--run-id", "{run:name}", "--out", f"{{output:{a.ANNOTATIONS}}}"),
             inputs=(ArtifactInput(a.EXPORTED, a.CONVERT, a.EXPORTED),
                     ArtifactInput(a.DATASET, a.CREATE_DATASET, a.DATASET)),
             outputs=(a.ANNOTATIONS,),
