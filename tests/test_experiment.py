@@ -583,3 +583,13 @@ def test_all_modules_with_another_class_count_restores_backbone_and_decoder(data
 
     with pytest.raises(ArgumentError, match=r"cannot be read"):
         build_experiment(restore_all, arguments, dataset, model_dir=tmp_path / "x", init_checkpoint=str(tmp_path / "nothing"))
+
+    # An earlier run's model (the next round): 'all' with its labels; the same width is not enough.
+    labels = ("rectangle", "ellipse", "triangle")
+    again = build_experiment(entry, arguments, dataset, model_dir=tmp_path / "again", init_checkpoint=checkpoint,
+                             init_modules="all", checkpoint_labels=labels)
+    assert again.config.task.init_checkpoint_modules == "all" and again.notes == ()
+    swapped = build_experiment(entry, arguments, dataset, model_dir=tmp_path / "swapped", init_checkpoint=checkpoint,
+                               init_modules="all", checkpoint_labels=("ellipse", "rectangle", "triangle"))
+    assert swapped.config.task.init_checkpoint_modules == ["backbone", "decoder"]
+    assert "trained on the labels ellipse, rectangle, triangle" in swapped.notes[0]

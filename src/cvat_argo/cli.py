@@ -215,6 +215,11 @@ def cmd_run(ns: argparse.Namespace) -> int:
     if not ns.resume:
         if not ns.source and ns.task_id is None:
             raise CvatArgoError("give --source (a CVAT export) or --task-id, or --resume RUN_ID")
+        if ns.from_run:
+            if ns.base_model:
+                raise CvatArgoError("give --from-run or --base-model, not both")
+            earlier = local.earlier_model(ns.from_run, store=ns.store)
+            ns.base_model, ns.model = earlier.uri, ns.model or earlier.model
         request = _request(ns, catalog, local=True)
     run = local.run_locally(request, store=ns.store, run_id=ns.run_id, resume=ns.resume, catalog=catalog)
     print(f"run {run.run_id} finished: report {run.root / artifacts.RUN_REPORT}")
@@ -298,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where runs live: a folder (default ./runs) or s3://bucket/prefix (AWS_ENDPOINT_URL, ...)")
     run.add_argument("--run-id", help="name of the run folder (default: <model>-<time>-<random>)")
     run.add_argument("--resume", metavar="RUN_ID", help="continue a run: skip stages whose outputs are complete")
+    run.add_argument("--from-run", metavar="RUN_ID",
+                     help="the next round: start training from that run's trained model (every layer; the class "
+                          "head too when the labels are the same) instead of the catalog's base checkpoint")
     run.set_defaults(func=cmd_run)
 
     quick = _command(sub, "quickstart", "generate a partly annotated CVAT task and run the whole loop on it here")

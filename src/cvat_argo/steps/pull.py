@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 from ..engines import artifacts
 from ..entry import run_step
-from ..errors import DatasetError
+from ..errors import ArgumentError, DatasetError
 from ..request.catalog import entry_from_parameters
 from ..request.model_entry import ModelEntry
 from ..storage.archive import archive_kind, extract
@@ -202,6 +202,9 @@ def pull(model: str, model_spec: str, uri: str, sha256: str, out: Path, mirror: 
             checkpoint=prefix.relative_to(out).as_posix(), modules=entry.checkpoint.modules,
             trained_on=entry.checkpoint.trained_on,
         )
+        earlier = artifacts.TrainedModelManifest.read_if_present(out / CHECKPOINT_DIR)
+        if earlier is not None:
+            manifest = fine_tuning(manifest, earlier, source)
         manifest.write(out)
         if store is not None and not store.exists(f"{CACHE_PREFIX}/{digest}/{artifacts.BASE_MODEL_MANIFEST}"):
             store.put_dir(out, f"{CACHE_PREFIX}/{digest}")
@@ -209,6 +212,17 @@ def pull(model: str, model_spec: str, uri: str, sha256: str, out: Path, mirror: 
         _clear(out, created)
         raise
     return {**dataclasses.asdict(manifest), "cached": False}
+
+
+def fine_tuning(manifest: artifacts.BaseModelManifest, earlier: artifacts.TrainedModelManifest,
+                source: str) -> artifacts.BaseModelManifest:
+    """The base model is an earlier run's trained model: restore all of it (train drops the class head
+    when the labels differ), if it is the same catalog model; another model's layers would not fit."""
+    if earlier.model != manifest.model:
+        raise ArgumentError(f"{source} is a trained {earlier.model}, but this run trains {manifest.model}: "
+                            f"train {earlier.model} again (--model {earlier.model}) to start from it")
+    return dataclasses.replace(manifest, modules="all", labels=list(earlier.labels),
+                               trained_on=f"an earlier run ({earlier.model} on {', '.join(earlier.labels)})")
 
 
 def _first_missing(out: Path) -> Path | None:

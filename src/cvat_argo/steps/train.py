@@ -33,9 +33,13 @@ def visible_gpus() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
-def init_checkpoint(base_model: Path | None) -> str | None:
+def base_checkpoint(base_model: Path | None) -> dict[str, Any]:
+    """build_experiment's arguments for the pull stage's checkpoint: where it is, what it restores, its labels."""
     manifest = artifacts.BaseModelManifest.read_if_present(base_model) if base_model is not None else None
-    return str(base_model / manifest.checkpoint) if manifest and manifest.checkpoint else None
+    if manifest is None or not manifest.checkpoint:
+        return {}
+    return {"init_checkpoint": str(base_model / manifest.checkpoint), "init_modules": manifest.modules,
+            "checkpoint_labels": manifest.labels}
 
 
 def _strategy(plan):
@@ -130,7 +134,7 @@ def run(model: str, model_spec: str, args: str, dataset: Path, base_model: Path 
     resumed_from = latest_step(out)
     if resumed_from:
         print(f"resuming from checkpoint ckpt-{resumed_from}" + (" (from the store)" if restored else ""), flush=True)
-    plan = build_experiment(entry, arguments, dataset, model_dir=out, init_checkpoint=init_checkpoint(base_model),
+    plan = build_experiment(entry, arguments, dataset, model_dir=out, **base_checkpoint(base_model),
                             gpus_available=gpus, overrides=overrides, eval_every_steps=eval_every_steps,
                             checkpoint_every_steps=checkpoint_every_steps)
     save_config(plan)

@@ -241,8 +241,12 @@ def _class_head_width(config: ExperimentConfig) -> int:
     return model.num_classes
 
 
-def _resolve_checkpoint_modules(config: ExperimentConfig, entry: ModelEntry) -> str | None:
+def _resolve_checkpoint_modules(config: ExperimentConfig, entry: ModelEntry, labels: Sequence[str],
+                                checkpoint_labels: Sequence[str] | None) -> str | None:
     """Keep ``init_checkpoint_modules='all'`` only when the checkpoint's class head fits; return a note if not.
+
+    An earlier run's model (``checkpoint_labels``) fits only with the same labels in the same order:
+    a head of the same width trained on other labels would start every class as another one.
 
     With 'all', Model Garden restores every layer: RetinaNet reads ``model.checkpoint_items``
     (backbone, decoder, head) and Mask R-CNN the whole ``model``, both with ``expect_partial()``,
@@ -257,6 +261,12 @@ def _resolve_checkpoint_modules(config: ExperimentConfig, entry: ModelEntry) -> 
     task = config.task
     if not task.init_checkpoint or task.init_checkpoint_modules != "all":
         return None
+    if checkpoint_labels is not None and tuple(checkpoint_labels) != tuple(labels):
+        task.init_checkpoint_modules = list(BACKBONE_AND_DECODER)
+        note = (f"the base model was trained on the labels {', '.join(checkpoint_labels)}, this dataset has "
+                f"{', '.join(labels)}: restoring the backbone and decoder only, the detection heads start fresh")
+        log.warning(note)
+        return note
     path = task.init_checkpoint
     try:
         if tf.io.gfile.isdir(path):
@@ -401,6 +411,8 @@ def build_experiment(
     *,
     model_dir: Path,
     init_checkpoint: str | None = None,
+    init_modules: str | None = None,
+    checkpoint_labels: Sequence[str] | None = None,
     gpus_available: int = 0,
     overrides: Sequence[str] = (),
     eval_every_steps: int | None = None,
@@ -477,7 +489,8 @@ def build_experiment(
 
     task = config.task
     task.init_checkpoint = init_checkpoint
-    task.init_checkpoint_modules = entry.checkpoint.modules  # Model Garden's names: 'backbone', 'all'
+    # Model Garden's names: 'backbone', 'all'; an earlier run's model restores 'all' (init_modules)
+    task.init_checkpoint_modules = init_modules or entry.checkpoint.modules
     task.annotation_file = None  # COCO ground truth from the val records
     task.per_category_metrics = True
     task.use_coco_metrics = True
@@ -516,7 +529,8 @@ def build_experiment(
 
     apply_overrides(config, overrides)
     _check_consistent(config, entry)
-    notes = tuple(note for note in [_resolve_checkpoint_modules(config, entry)] if note)
+    notes = tuple(note for note in [_resolve_checkpoint_modules(config, entry, dataset.labels, checkpoint_labels)]
+                  if note)
     config.validate()
     return TrainingPlan(
         config=config, global_batch=global_batch, per_replica_batch=per_replica_batch, num_clones=num_clones,
