@@ -333,8 +333,8 @@ def test_stage_end_to_end(exported, dataset, tmp_path, capsys):
     code = step.main(["--model", str(exported), "--dataset", str(dataset), "--out", str(out), "--threshold", "0.05",
                       "--workers", "2"])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["annotations.xml", "coco.json", "report.md", "scores.png",
-                                                     "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["annotations.xml", "coco.json", "next-to-annotate.json",
+                                                     "report.md", "scores.png", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 11 and summary["runtime"] == "tflite-fp32"
     assert summary["skipped"] == [{"name": "photo_00004.jpg", "reason": summary["skipped"][0]["reason"]}]
@@ -409,7 +409,7 @@ def test_stage_keeps_scores_for_a_task_whose_labels_have_them(exported, dataset,
 
 
 @pytest.mark.slow
-def test_stage_uploads_to_a_task_and_leaves_people_work_alone(exported, dataset, tmp_path):
+def test_stage_uploads_to_a_task_and_leaves_people_work_alone(exported, dataset, tmp_path, monkeypatch, capsys):
     from support.fake_cvat_server import FakeTask, cvat_server, label
 
     frames = [{"name": f"photo_{i:05d}.jpg", "width": 192, "height": 144} for i in range(12)]
@@ -418,16 +418,27 @@ def test_stage_uploads_to_a_task_and_leaves_people_work_alone(exported, dataset,
     task.shapes = [{"type": "rectangle", "frame": 0, "label_id": 1, "points": [1, 1, 9, 9], "source": "manual",
                     "occluded": False, "z_order": 0, "rotation": 0.0, "group": 0, "attributes": [], "id": 1}]
     with cvat_server(task) as env:
+        ledger = tmp_path / "ledger.json"
         options = step.Options(model=exported, dataset=dataset, out=tmp_path / "out", thresholds=["0.05"],
-                               cvat_task_id=7, env=env)
+                               cvat_task_id=7, env=env, ledger=str(ledger), run_id="round-1")
         summary = step.run(options)
         upload = summary["upload"]
-        assert upload["created"] > 0 and upload["frames_human"] == 1
+        assert upload["created"] > 0 and upload["frames_human"] == 1 and upload["ledger"] == str(ledger)
         sent = [s for body in task.patches for s in body["shapes"]]
         assert len(sent) == upload["created"] and 0 not in {s["frame"] for s in sent}
-        again = step.run(step.Options(model=exported, dataset=dataset, out=tmp_path / "again", thresholds=["0.05"],
-                                      cvat_task_id=7, env=env))
-        assert again["upload"]["created"] == 0 and again["upload"]["already_present"] == upload["created"]
+        listed = json.loads(ledger.read_text())["frames"]  # the ledger lists what the server holds, by id
+        assert {int(f): sorted(s["id"] for s in e["shapes"]) for f, e in listed.items()} == {
+            f: sorted(s["id"] for s in task.shapes if s["frame"] == f) for f in {s["frame"] for s in sent}}
+        assert {e["run"] for e in listed.values()} == {"round-1"}
+        # the next round, from the command line: our frames are ours, and the same model has nothing to redo
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert step.main(["--model", str(exported), "--dataset", str(dataset), "--out", str(tmp_path / "again"),
+                          "--threshold", "0.05", "--cvat-task-id", "7", "--ledger", str(ledger), "--refresh"]) == 0
+        again = json.loads((tmp_path / "again" / "summary.json").read_text())["upload"]
+        assert again["created"] == 0 and again["already_present"] == upload["created"]
+        assert again["frames_ours_kept"] == upload["frames_created"] and again["frames_refreshed"] == 0
+        assert f"refreshed 0 (0 old shapes deleted); ledger {ledger}" in capsys.readouterr().out
         assert "CVAT" in (tmp_path / "out" / "report.md").read_text()
 
 

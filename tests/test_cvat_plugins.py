@@ -20,6 +20,7 @@ from cvat_argo.inference.outputs import coco_document
 from support.annotate_fixtures import model_labels, trained_exported_model
 from support.fake_cvat_server import FakeTask, cvat_server, label
 from support.fixtures_servers import s3_server  # noqa: F401
+from support.tiny_dataset import tiny_photos
 
 pytest.importorskip("cvat_sdk")
 
@@ -50,7 +51,7 @@ def task_with_people_work() -> FakeTask:
     task.shapes = [
         existing(1, 1, (1, 1, 5, 5), "manual"),  # a person drew here
         existing(2, 2, (50, 20, 70, 70), "semi-auto"),  # a person corrected a machine shape
-        existing(3, 1, (10, 10, 40, 40), "auto"),  # ours, from an earlier run
+        existing(3, 1, (10, 10, 40, 40), "auto"),  # a machine shape where ours would go, but no ledger lists it
         existing(4, 1, (60, 60, 90, 79), "auto"),  # a machine shape that is not ours
         existing(8, 3, (0, 0, 3, 3, 6, 0), "file", "polygon"),  # uploaded from a file
     ]
@@ -66,23 +67,26 @@ def test_upload_appends_only_on_frames_without_human_shapes_and_never_duplicates
     with cvat_server(task) as env:
         client = connect(env)
         first = cvat_upload.upload(client, 7, records(), ("car", "person"))
-        assert first == {"task_id": 7, "dry_run": False, "created": 5, "frames_created": 3, "frames_human": 5,
-                         "frames_other_auto": 1, "already_present": 1, "frames_deleted_in_task": 0}
+        assert first == {"task_id": 7, "dry_run": False, "created": 4, "frames_created": 2, "frames_human": 5,
+                         "frames_other_auto": 2, "already_present": 1, "frames_deleted_in_task": 0,
+                         "frames_reviewed": 0, "frames_ours_kept": 0, "frames_ours_edited": 0, "frames_refreshed": 0,
+                         "shapes_deleted": 0, "refresh": False, "ledger": None}
         assert [method for method, _, _ in task.requests].count("PATCH") == 1
         (body,) = task.patches
         sent = body["shapes"]
-        # frame 3 only gets the person (its car is ours already); 1, 2, 5, 6, 8 have people's work; 4 another model's
-        assert sorted({s["frame"] for s in sent}) == [0, 3, 7]
-        assert sorted((s["frame"], s["label_id"]) for s in sent) == [(0, 1), (0, 2), (3, 2), (7, 1), (7, 2)]
+        # 1, 2, 5, 6, 8 have people's work; 3 and 4 machine shapes no ledger calls ours (the upload
+        # ledger's rounds are in test_upload_review.py)
+        assert sorted({s["frame"] for s in sent}) == [0, 7]
+        assert sorted((s["frame"], s["label_id"]) for s in sent) == [(0, 1), (0, 2), (7, 1), (7, 2)]
         assert all(s["source"] == "auto" and "id" not in s for s in sent)
         car = next(s for s in sent if s["label_id"] == 1)
         assert car["type"] == "rectangle" and car["points"] == [10.0, 10.0, 40.0, 40.0]
         assert car["attributes"] == [{"spec_id": 10, "value": "87"}]  # number 0..100: a percentage
         person = next(s for s in sent if s["label_id"] == 2)
         assert person["attributes"] == [{"spec_id": 20, "value": "0.550"}]  # text: three decimals
-        # a second run finds its own shapes and sends nothing
+        # a second run without a ledger leaves every frame with machine shapes alone: it sends nothing
         second = cvat_upload.upload(client, 7, records(), ("car", "person"))
-        assert second["created"] == 0 and second["already_present"] == 6 and len(task.patches) == 1
+        assert second["created"] == 0 and second["already_present"] == 5 and len(task.patches) == 1
         # nothing but reads and the one append went to the server
         assert {method for method, _, _ in task.requests} == {"GET", "PATCH"}
 
@@ -91,7 +95,7 @@ def test_dry_run_reports_and_sends_nothing():
     task = task_with_people_work()
     with cvat_server(task) as env:
         summary = cvat_upload.upload(connect(env), 7, records(), ("car", "person"), dry_run=True)
-    assert summary["created"] == 5 and summary["dry_run"] is True
+    assert summary["created"] == 4 and summary["dry_run"] is True
     assert task.patches == []
 
 
@@ -118,7 +122,7 @@ def test_deleted_frames_are_skipped_and_names_match_by_suffix():
     with cvat_server(task) as env:
         summary = cvat_upload.upload(connect(env), 7, records(), ("car", "person"))
     assert summary["frames_deleted_in_task"] == 1
-    assert sorted({s["frame"] for s in task.patches[0]["shapes"]}) == [3, 7]
+    assert sorted({s["frame"] for s in task.patches[0]["shapes"]}) == [7]
 
 
 def test_wrong_token_is_a_readable_error():
@@ -167,12 +171,21 @@ def test_score_values_fit_the_attribute():
 
 
 def test_plan_rules_directly():
-    state = cvat_upload.TaskState(human_frames={1})
-    state.auto_shapes[2].append(cvat_upload.ExistingShape(2, "car", (10.4, 10, 40, 40.6)))  # within 1 px: ours
-    plan = cvat_upload.plan_upload({0: [auto("car", (1, 1, 2, 2))], 1: [auto("car", (1, 1, 2, 2))],
-                                    2: [auto("car", (10, 10, 40, 40)), auto("car", (0, 0, 5, 5))]}, state)
-    assert sorted(plan.create) == [0, 2] and [s.box for s in plan.create[2]] == [(0, 0, 5, 5)]
-    assert plan.frames_human == [1] and plan.already_present == 1
+    from cvat_argo.cvat.ledger import LedgerFrame, LedgerShape
+
+    state = cvat_upload.TaskState(reviewed={4})
+    state.present[1].append(Shape("car", "box", (1, 1, 2, 2), source="manual"))
+    mine = cvat_upload.ExistingShape(2, "car", (10.4, 10, 40, 40.6), id=5)  # within 1 px of what the ledger lists
+    state.present[2].append(auto("car", mine.box))
+    state.auto_shapes[2].append(mine)
+    ours = {2: LedgerFrame("r1", (LedgerShape("car", (10, 10, 40, 40), 5),))}
+    predictions = {f: [auto("car", (10, 10, 40, 40)), auto("car", (0, 0, 5, 5))] for f in (0, 1, 2, 3, 4)}
+    predictions[3] = []  # nothing found on frame 3: nothing to decide there
+    plan = cvat_upload.plan_upload(predictions, state, ours)
+    assert sorted(plan.create) == [0] and plan.frames_human == [1] and plan.frames_reviewed == [4]
+    assert plan.frames_ours_kept == [2] and plan.already_present == 1 and plan.delete == {}
+    refresh = cvat_upload.plan_upload(predictions, state, ours, refresh=True)
+    assert refresh.delete == {2: [mine]} and sorted(refresh.create) == [0, 2] and refresh.frames_refreshed == [2]
 
 
 # --- qc-report -----------------------------------------------------------------------------------
@@ -214,21 +227,26 @@ def test_qc_report_on_a_reviewed_export(tmp_path, capsys):
     code = qc_report.main([str(export), "--predictions", str(predictions), "--out", str(tmp_path / "qc")])
     assert code == 0
     document = json.loads((tmp_path / "qc" / "qc.json").read_text())
-    assert document["images"] == 3  # img_3 was never pre-annotated
+    assert document["frames"]["pre_annotated"] == document["frames"]["counted"] == 3  # img_3 was never pre-annotated
     car, person = document["labels"]["car"], document["labels"]["person"]
-    assert (car["accepted"], car["corrected"], car["deleted"], car["added"]) == (1, 0, 2, 1)
-    assert (person["accepted"], person["corrected"], person["deleted"], person["added"]) == (1, 1, 1, 1)
+    assert (car["accepted"], car["corrected"], car["deleted"], car["misses"]) == (1, 0, 2, 1)
+    assert (person["accepted"], person["corrected"], person["deleted"], person["misses"]) == (1, 1, 1, 1)
     assert car["acceptance_rate"] == pytest.approx(1 / 3, abs=1e-3) and person["acceptance_rate"] == pytest.approx(1 / 3, abs=1e-3)
-    assert car["found_by_model"] == pytest.approx(0.5)
+    assert car["recall"] == pytest.approx(0.5) and person["precision"] == pytest.approx(2 / 3, abs=1e-3)
     assert document["total"]["acceptance_rate"] == pytest.approx(2 / 6, abs=1e-3) and document["retrain"] is True
-    assert document["by_score"]["deleted"][3] == 3 and document["suggested_threshold"] == 0.6
+    # scores .95 .9 .6 kept, .35 .32 .31 deleted: 90% precision from 0.6 on
+    assert document["total"]["by_score"]["deleted"][3] == 3 and document["total"]["threshold_for_precision"] == 0.6
     markdown = (tmp_path / "qc" / "qc.md").read_text()
-    assert "| car | 1 | 0 | 2 | 1 | 33% | 50% |" in markdown and "retrain" in markdown
+    assert "| car | 3 | 1 | 0 (0) | 2 | 1 | 33% | 50% | 0.95 |" in markdown and "retrain" in markdown
     assert (tmp_path / "qc" / "qc.png").stat().st_size > 1000
     assert "acceptance 33%" in capsys.readouterr().out
     # the XML without score attributes gives the same counts, without the score analysis
     from_xml = qc_report.qc_report(str(export), tmp_path / "qc-xml", tmp_path / "predictions.xml")
-    assert from_xml["labels"] == document["labels"] and from_xml["by_score"] is None
+    unscored = ("by_score", "threshold_for_precision")
+    for name, row in document["labels"].items():
+        assert {k: v for k, v in from_xml["labels"][name].items() if k not in unscored} == \
+            {k: v for k, v in row.items() if k not in unscored}
+        assert from_xml["labels"][name]["by_score"] is None
 
 
 def test_qc_report_without_predictions_counts_what_people_kept(tmp_path):
@@ -236,9 +254,11 @@ def test_qc_report_without_predictions_counts_what_people_kept(tmp_path):
 
     export, _ = _reviewed_export(tmp_path)
     document = qc_report.qc_report(str(export), tmp_path / "qc")
-    assert document["images"] == 2  # the images that still hold machine shapes
-    assert document["labels"]["car"]["deleted"] is None
-    assert document["total"]["acceptance_rate"] == pytest.approx(2 / 3, abs=1e-3)
+    assert document["frames"]["counted"] == 2  # the images that still hold machine shapes
+    assert document["labels"]["car"]["deleted"] is None and document["total"]["accepted"] is None
+    # sources alone: 3 machine shapes kept (an auto car, a semi-auto and an auto person), 1 drawn by people
+    assert (document["total"]["found_by_model"], document["total"]["misses"]) == (3, 1)
+    assert document["total"]["recall"] == pytest.approx(3 / 4)
 
 
 def test_qc_report_refuses_an_export_without_sources(tmp_path):
@@ -262,15 +282,10 @@ def exported(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def picture(tmp_path_factory) -> Path:
-    """A synthetic photo with shapes on it, like the ones the model trained on."""
-    import zipfile
-
-    from cvat_argo.data.synthetic import generate_task
-
-    task = generate_task(tmp_path_factory.mktemp("picture"), images=2, annotated_fraction=0.0, seed=11, name="pic")
-    with zipfile.ZipFile(task.export) as archive:
-        path = tmp_path_factory.mktemp("pictures") / "pic.jpg"
-        path.write_bytes(archive.read("images/pic_00000.jpg"))
+    """A picture like the ones the tiny model trained on (shapes on grey), as a JPEG file."""
+    (name, data, _), = tiny_photos(1, seed=11)
+    path = tmp_path_factory.mktemp("pictures") / name
+    path.write_bytes(data)
     return path
 
 
@@ -375,36 +390,25 @@ def test_function_labels_fit_the_task_labels():
 
 
 def test_thresholds_file_of_the_model(tmp_path):
-    from cvat_argo.cvat.function import read_thresholds
+    from cvat_argo.inference.outputs import model_thresholds  # the one reader: annotate, function and nuclio
 
     labels = ("car", "person")
-    assert read_thresholds(tmp_path, labels) == (None, {})  # none yet: -p threshold stays the default
+    assert model_thresholds(tmp_path, labels).as_dict() == {"default": 0.5, "per_label": {}}  # none: the default
     (tmp_path / "thresholds.json").write_text(json.dumps({"default": 0.4, "per_label": {"person": 0.25}}))
-    assert read_thresholds(tmp_path, labels) == (0.4, {"person": 0.25})
+    assert model_thresholds(tmp_path, labels).as_dict() == {"default": 0.4, "per_label": {"person": 0.25}}
     (tmp_path / "thresholds.json").write_text(json.dumps({"per_label": {"persn": 0.25}}))
     with pytest.raises(CvatArgoError, match=r"thresholds\.json: unknown label 'persn' \(did you mean 'person'\?\)"):
-        read_thresholds(tmp_path, labels)
+        model_thresholds(tmp_path, labels)
     for bad in ({"per_label": {"car": 1.5}}, {"default": "high"}, {"per_label": {"car": True}}, [0.5]):
         (tmp_path / "thresholds.json").write_text(json.dumps(bad))
         with pytest.raises(CvatArgoError, match=r"thresholds\.json"):
-            read_thresholds(tmp_path, labels)
+            model_thresholds(tmp_path, labels)
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> list[tuple[str, bytes, tuple[int, int]]]:
-    """Three synthetic photos with shapes on them: (name, JPEG bytes, size)."""
-    import io
-    import zipfile
-
-    from PIL import Image
-
-    from cvat_argo.data.synthetic import generate_task
-
-    task = generate_task(tmp_path_factory.mktemp("photos"), images=3, annotated_fraction=0.0, seed=12, name="pic")
-    with zipfile.ZipFile(task.export) as archive:
-        names = sorted(n for n in archive.namelist() if n.startswith("images/"))
-        data = [archive.read(name) for name in names]
-    return [(Path(name).name, blob, Image.open(io.BytesIO(blob)).size) for name, blob in zip(names, data, strict=True)]
+def photos() -> list[tuple[str, bytes, tuple[int, int]]]:
+    """Three pictures like the ones the tiny model trained on: (name, JPEG bytes, size)."""
+    return tiny_photos(3, seed=12)
 
 
 @pytest.fixture(scope="module")
@@ -591,12 +595,12 @@ def test_function_fitted_explicitly_and_the_models_thresholds_file(exported, pho
     def found(function, conf=None) -> set[str]:
         return {function.labels[shape.label_id - 1] for image in images for shape in function.detect(_Context(conf), image)}
 
-    assert found(create(model=str(model))) == {most}  # the file's default (1.0) for all but its per-label 0.0
-    explicit = create(model=str(model), threshold=1.0)  # -p threshold=float:1.0 replaces the file's default
-    assert found(explicit) == {most}  # ... and the file's per-label threshold still holds
-    assert found(explicit, 1.0) == set()  # CVAT's threshold is a floor under every per-label one
+    from_file = create(model=str(model))
+    assert found(from_file) == {most}  # the file's default (1.0) for all but its per-label 0.0
+    assert found(create(model=str(model), threshold=1.0)) == set()  # -p threshold=float:1.0 replaces all of the file
+    assert found(from_file, 1.0) == set()  # CVAT's threshold is a floor under every per-label one
     # fitted to given labels, without any driver: the spec declares the task's types and score attribute
-    fitted = explicit.fitted([label(4, most, "polygon", score="text"), label(5, other, "ellipse"),
+    fitted = from_file.fitted([label(4, most, "polygon", score="text"), label(5, other, "ellipse"),
                               *(label(6 + index, name, "rectangle") for index, name in enumerate(rest))])
     spec = {item.name: item for item in fitted.spec.labels}
     assert spec[most].type == "polygon" and [a.name for a in spec[most].attributes] == ["score"]
@@ -678,7 +682,9 @@ def test_nuclio_bundle_handler_answers_like_cvat_expects(exported, picture, tmp_
     from cvat_argo.cvat import nuclio
     from cvat_argo.inference.serving import load_detector
 
-    assert nuclio.main([str(exported), "--out", str(tmp_path / "fn"), "--name", "Shapes detector"]) == 0
+    # --threshold replaces the model's thresholds.json (the request's 0.05 is then a floor at the same value)
+    assert nuclio.main([str(exported), "--out", str(tmp_path / "fn"), "--name", "Shapes detector",
+                        "--threshold", "0.05"]) == 0
     function = yaml.safe_load((tmp_path / "fn" / "function.yaml").read_text())
     assert function["metadata"]["annotations"]["type"] == "detector"
     assert function["metadata"]["name"] == "cvat-argo-shapes-detector"

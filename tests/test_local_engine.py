@@ -37,6 +37,9 @@ def test_both_engines_run_the_same_stages_commands_arguments_and_wiring(tmp_path
     run = local.prepare(REQUEST, store=str(tmp_path), run_id="run-1")
     stages = {stage.name: stage for stage in run.pipeline.stages}
     assert set(tasks) == set(stages)
+    # A folder store is the local run's key prefix: what outlives a run (upload ledgers) sits beside the runs.
+    assert run.store_parameters() == {"output-prefix": str(tmp_path.resolve())}
+    parameters = {**workflow_parameters, **run.store_parameters()}
 
     for name, stage in stages.items():
         task = tasks[name]
@@ -49,7 +52,7 @@ def test_both_engines_run_the_same_stages_commands_arguments_and_wiring(tmp_path
             """What the Argo argument becomes in the pod, written with the local run's paths."""
             argument = re.sub(r"\{\{inputs\.parameters\.([a-z0-9-]+)\}\}",
                               lambda m: passed[m.group(1)].replace("{{workflow.parameters.", "{{p:"), argument)
-            argument = re.sub(r"\{\{p:([a-z0-9-]+)\}\}", lambda m: workflow_parameters[m.group(1)], argument)
+            argument = re.sub(r"\{\{p:([a-z0-9-]+)\}\}", lambda m: parameters[m.group(1)], argument)
             argument = argument.replace("{{workflow.name}}", run.run_id)
             for artifact in stage.inputs:
                 argument = argument.replace(f"{IN_DIR}/{artifact.name}", str(run.input_path(stage, artifact.name)))

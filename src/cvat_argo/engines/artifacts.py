@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 from ..errors import CvatArgoError, DatasetError
 from ..storage.keys import clean_key
@@ -58,7 +60,7 @@ TFLITE_MANIFEST = "tflite.json"
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FILES = {"tflite-fp32": "model_fp32.tflite", "tflite-fp16": "model_fp16.tflite"}  # runtime -> file
 SELF_TEST = "self_test.json"
-THRESHOLDS = "thresholds.json"  # optional per-label score thresholds: {"default": x, "per_label": {label: x}}
+THRESHOLDS = "thresholds.json"  # per-label score thresholds chosen on validation: {"default", "per_label", ...}
 MODEL_CARD = "model_card.md"
 
 # ---- files inside the annotations and status artifacts
@@ -66,12 +68,17 @@ CVAT_XML = "annotations.xml"
 COCO_JSON = "coco.json"
 ANNOTATION_SUMMARY = "summary.json"
 SCORES_PLOT = "scores.png"
+NEXT_TO_ANNOTATE = "next-to-annotate.json"  # the frames a person's labels would teach the model most
 STATUS_FILE = "status.json"
 
 # ---- files qc-report writes (after people reviewed the pre-annotations in CVAT)
 QC_JSON = "qc.json"
 QC_MARKDOWN = "qc.md"
 QC_PLOT = "qc.png"
+
+# ---- the upload ledgers: what pre-annotate added to each CVAT task, kept across runs (cvat/ledger.py)
+LEDGERS = "ledgers"  # <prefix>/ledgers/<cvat host>/task-<id>.json
+LEDGER_FILE = "task-{task_id}.json"
 
 # ---- files of a local run folder (``runs/<run-id>/``) and of each stage folder in it
 RUN_REQUEST = "request.json"
@@ -99,6 +106,35 @@ def artifact_path(run_root: Path, stage: str, artifact: str) -> Path:
 def checkpoint_key(prefix: str, run_id: str) -> str:
     """Where the train stage keeps its checkpoints while it runs, so that a retried pod resumes."""
     return artifact_key(prefix, run_id, TRAIN, MODEL)
+
+
+def ledgers_root(prefix: str) -> str:
+    """``<prefix>/ledgers``: where the upload ledgers of every CVAT server and task live in the store."""
+    return clean_key(f"{prefix}/{LEDGERS}")
+
+
+def host_folder(host: str) -> str:
+    """A CVAT server address as one key component: no scheme, lower case, ``:`` and ``/`` made ``_``.
+
+    http:// and https:// name the same server, so both find the same ledgers; a ``user:password@``
+    in the address never reaches a key.
+    """
+    url = urlsplit(host.strip() if "://" in host else f"https://{host.strip()}")
+    bare = (url.netloc.rpartition("@")[2] + url.path).strip("/").lower()
+    safe = re.sub(r"[^a-z0-9._-]+", "_", bare).strip("._")
+    if not safe:
+        raise CvatArgoError(f"CVAT host {host!r} cannot name a ledger folder")
+    return safe
+
+
+def ledger_in(root: str, host: str, task_id: int) -> str:
+    """``<root>/<host>/task-<id>.json``: one task's ledger under a ledgers root (a store key or a folder)."""
+    return clean_key(f"{root}/{host_folder(host)}/{LEDGER_FILE.format(task_id=int(task_id))}")
+
+
+def ledger_key(prefix: str, host: str, task_id: int) -> str:
+    """``<prefix>/ledgers/<host>/task-<id>.json``: the store key of one CVAT task's upload ledger."""
+    return ledger_in(ledgers_root(prefix), host, task_id)
 
 
 def relative_link(stage: str, artifact: str, *files: str) -> str:
@@ -189,6 +225,7 @@ class BaseModelManifest(Manifest):
     modules: str | None = None  # which parts of the model the checkpoint restores
     trained_on: str | None = None
     note: str | None = None
+    labels: list[str] | None = None  # an earlier run's model: the labels its class head was trained on
 
 
 @dataclass(frozen=True)

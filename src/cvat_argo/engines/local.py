@@ -38,6 +38,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -106,9 +107,13 @@ class LocalRun:
         return artifacts.relative_link(self.pipeline.producer(artifact).name, artifact, *files)
 
     def store_parameters(self) -> dict[str, str]:
-        """With an ``s3://bucket/prefix`` store, keys the steps write (checkpoints) go under that prefix."""
+        """Where keys the steps write go: under an ``s3://bucket/prefix`` store's prefix, or in the runs folder.
+
+        For a folder store the prefix is the runs folder itself (``<runs>/<run-id>/<stage>/<artifact>``
+        is then literally the key layout), so what outlives one run (the upload ledgers) sits beside the runs.
+        """
         if not self.store_url.startswith("s3://"):
-            return {}
+            return {"output-prefix": str(Path(self.store_url).resolve())}
         return {"output-prefix": self.store_url.removeprefix("s3://").partition("/")[2].strip("/")}
 
     def resolve(self, stage: Stage, status: str = "Running", failures: str = "") -> list[str]:
@@ -553,6 +558,39 @@ def reopen(run_id: str, *, store: str = "runs", catalog: Catalog | None = None) 
     request = _saved_request(root, run_id)
     return LocalRun(run_id=run_id, root=root, pipeline=build_pipeline(request, catalog), store_url=store,
                     resumed=True)
+
+
+@dataclass(frozen=True)
+class EarlierModel:
+    """The trained model of an earlier run, as the next round's base checkpoint (``run --from-run``)."""
+
+    run_id: str
+    uri: str  # what pull-base-model fetches: the run's train/model folder (a path or an s3:// folder)
+    model: str  # the catalog model it trained
+
+
+def earlier_model(run_id: str, *, store: str = "runs") -> EarlierModel:
+    """Where run ``run_id`` keeps its trained model; refused in one line unless its train stage finished."""
+    check_run_id(run_id)
+    if store.startswith("s3://"):
+        runs = store_from_url(store)
+        key = artifacts.artifact_key("", run_id, artifacts.TRAIN, artifacts.MODEL)
+        if not runs.exists(f"{key}/{artifacts.MODEL_MANIFEST}"):
+            raise CvatArgoError(f"--from-run {run_id}: {store} holds no trained model of that run ({key}/"
+                                f"{artifacts.MODEL_MANIFEST} is missing): check the run id and --store")
+        with tempfile.TemporaryDirectory(prefix="cvat-argo-from-run-") as work:
+            runs.get_file(f"{key}/{artifacts.MODEL_MANIFEST}", Path(work) / artifacts.MODEL_MANIFEST)
+            trained = artifacts.TrainedModelManifest.read(Path(work))
+        return EarlierModel(run_id, f"{store.rstrip('/')}/{key}/", trained.model)
+    run = reopen(run_id, store=store)
+    problem = manifest_problem(run, run.pipeline.stage(artifacts.TRAIN))
+    if problem is not None:
+        state = problem if problem == "not finished" else f"not usable ({problem})"
+        raise CvatArgoError(f"--from-run {run_id}: its train stage is {state}; finish it first "
+                            f"(python -m cvat_argo run --resume {run_id})")
+    folder = run.artifact(artifacts.MODEL)
+    trained = artifacts.TrainedModelManifest.read(folder)
+    return EarlierModel(run_id, str(folder.resolve()), trained.model)
 
 
 def summary_of(run: LocalRun) -> dict[str, Any]:

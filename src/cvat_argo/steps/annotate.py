@@ -2,18 +2,28 @@
 
 ``python -m cvat_argo.steps.annotate --model EXPORTED --dataset DATASET --out DIR [--images FOLDER]
 [--runtime auto|tflite|tflite-fp16|saved_model] [--threshold 0.5] [--threshold person=0.3]
-[--max-detections 100] [--batch-size N] [--workers N] [--cvat-task-id ID] [--task-meta FILE] [--dry-run]``
+[--max-detections 100] [--batch-size N] [--workers N] [--cvat-task-id ID] [--task-meta FILE] [--dry-run]
+[--ledger LOCATION] [--refresh] [--run-id NAME]``
 
 Images come from the dataset stage's ``unannotated.json`` (or every image under ``--images``).
 Worker threads read, decode (JPEGs straight at the size the model needs, with PIL's draft mode) and
 prepare the images while the model runs on the previous batch, so the model rarely waits. An image
-that does not decode is skipped and listed; the run goes on.
+that does not decode is skipped and listed; the run goes on. Score thresholds default to the model's
+``thresholds.json`` (chosen per label on validation data by the convert stage; 0.5 for a model
+without one); a global ``--threshold`` replaces them all, ``--threshold LABEL=SCORE`` one label's.
 
 Outputs in DIR (written as ``DIR.partial`` and renamed when complete): ``annotations.xml`` (CVAT for
 images 1.1), ``coco.json`` (with scores), ``summary.json``, ``scores.png`` and ``report.md``. With
 ``CVAT_HOST`` and credentials in the environment and a task id (``--cvat-task-id`` or the dataset's
 ``dataset.json``), the shapes are also appended to the task (see :mod:`cvat_argo.cvat.upload`);
-labels the model has and the task lacks stop the run before inference.
+labels the model has and the task lacks, or a ledger that cannot be read, stop the run before
+inference. The ledger (``--ledger``, :mod:`cvat_argo.cvat.ledger`) records which frames' machine
+shapes are ours, so a shape a reviewer deleted never comes back; ``--refresh`` replaces our shapes
+on frames nobody edited since.
+
+``next-to-annotate.json`` lists the ``--next N`` frames (default 50, 0: none) a person's labels would
+teach the model most, ranked from the detections this run already has, with links to them in CVAT
+when a task is known (see :mod:`cvat_argo.inference.next_to_annotate`).
 """
 
 from __future__ import annotations
@@ -39,12 +49,14 @@ from ..entry import build_output, exit_without_teardown, run_step
 from ..errors import CvatArgoError, DatasetError
 from ..formats.annotations import ImageRecord, LabelSpec, TaskMeta
 from ..formats.cvat_xml.writer import write_cvat_xml
+from ..inference import next_to_annotate
 from ..inference.outputs import (
     Tally,
     Thresholds,
     coco_document,
     detections_to_shapes,
     fit_to_label,
+    model_thresholds,
     parse_thresholds,
     plot_scores,
     task_label_specs,
@@ -92,6 +104,10 @@ class Options:
     cvat_task_id: int | None = None
     task_meta: Path | None = None
     dry_run: bool = False
+    ledger: str | None = None  # --ledger: where the task's upload ledger is (see cvat_argo.cvat.ledger)
+    refresh: bool = False  # --refresh: replace our untouched shapes by this model's
+    run_id: str = ""  # --run-id: the name the ledger records for this run's shapes
+    next_frames: int = next_to_annotate.DEFAULT_COUNT  # --next: frames listed in next-to-annotate.json
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -311,13 +327,28 @@ def _upload_target(options: Options) -> tuple[Any, int | None, str | None]:
     return connect(options.env, needs="uploading to CVAT"), task_id, None
 
 
+def _open_ledger(options: Options, client: Any, task_id: int | None) -> tuple[Any, str]:
+    """The task's upload ledger (:mod:`cvat_argo.cvat.ledger`), read before inference; (None, "") without an upload."""
+    if client is None or task_id is None:
+        return None, ""
+    from ..cvat.ledger import open_ledger
+
+    return open_ledger(options.ledger, client.api_map.host, task_id, options.env)
+
+
 def annotate(options: Options, partial: Path) -> dict[str, Any]:
     # everything that can refuse the run is checked before the model loads
     model_labels = read_model_labels(options.model)
-    thresholds: Thresholds = parse_thresholds(options.thresholds, model_labels)
+    thresholds: Thresholds = parse_thresholds(options.thresholds, model_labels,
+                                              model_thresholds(options.model, model_labels))
     items = read_folder(options.images) if options.images else read_unannotated(options.dataset)  # type: ignore
     client, task_id, note = _upload_target(options)
+    ledger, ledger_note = _open_ledger(options, client, task_id)  # a bad ledger stops the run here
     label_specs: tuple[LabelSpec, ...] = _task_labels(options, model_labels, client, task_id)
+    ranking = next_to_annotate.Ranking(options.next_frames, model_labels)
+    cvat_frames = options.images is None  # a folder's images have positions, not CVAT frame numbers
+    links = (next_to_annotate.task_links(client, task_id)
+             if ranking.limit and cvat_frames and client is not None and task_id is not None else None)
     started = time.perf_counter()
     detector = load(options.model, options.runtime)
     load_seconds = time.perf_counter() - started
@@ -350,6 +381,9 @@ def annotate(options: Options, partial: Path) -> dict[str, Any]:
                                      tuple(f for f in fitted if f is not None))
                 records.append(record)
                 tally.add(record)
+                # every detection the runtime returned (above its own score floor), before the thresholds
+                ranking.add(done.item.frame if cvat_frames else None, done.item.name, detections.scores,
+                            detections.classes)
             bar.update(len(batch))
             batch.clear()
 
@@ -371,19 +405,26 @@ def annotate(options: Options, partial: Path) -> dict[str, Any]:
         images_per_second=round(len(items) / seconds, 2) if seconds > 0 else 0.0,
         seconds=round(seconds, 3), model_load_seconds=round(load_seconds, 3),
         runtime=getattr(detector, "runtime", options.runtime), batch_size=batch_size, workers=workers,
-        threshold=thresholds.as_dict(), max_detections=options.max_detections, model=str(options.model),
+        threshold=thresholds.as_dict(), threshold_origin=thresholds.origin, threshold_note=thresholds.note,
+        max_detections=options.max_detections, model=str(options.model),
         labels=list(model_labels), dropped_for_label_type=unfit,
     )
     if client is not None and task_id is not None:
         from ..cvat.upload import upload
 
         with progress_bar("adding shapes to CVAT", total=sum(len(r.shapes) for r in records), unit="shape") as bar:
-            summary["upload"] = upload(client, task_id, records, model_labels, dry_run=options.dry_run, progress=bar)
+            counts = upload(client, task_id, records, model_labels, ledger=ledger, refresh=options.refresh,
+                            run=options.run_id, dry_run=options.dry_run, progress=bar)
+            summary["upload"] = {**counts, "ledger_note": ledger_note}
     else:
         summary["upload_note"] = note
+    listed = next_to_annotate.rows(ranking.ranked(), links) if ranking.limit else None
+    if listed is not None:
+        artifacts.write_json(partial / artifacts.NEXT_TO_ANNOTATE, next_to_annotate.document(listed))
+        summary["next_to_annotate"] = len(listed)
     artifacts.write_json(partial / artifacts.ANNOTATION_SUMMARY, summary)
     plot_scores(partial / artifacts.SCORES_PLOT, summary, summary["threshold"])
-    write_report(partial, summary)
+    write_report(partial, summary, next_to_annotate=listed)
     return summary
 
 
@@ -410,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", choices=("auto", "tflite", "tflite-fp16", "saved_model"), default="auto",
                         help="auto: TFLite on CPU, the SavedModel in batches on GPU")
     parser.add_argument("--threshold", action="append", default=[], metavar="[LABEL=]SCORE",
-                        help="score threshold, global (0.5) or per label (person=0.3); repeatable")
+                        help="score threshold, global (0.5) or per label (person=0.3); repeatable. Default: the "
+                        "model's thresholds.json (0.5 without one); a global value replaces all of those")
     parser.add_argument("--max-detections", type=int, default=100, help="at most this many shapes per image")
     parser.add_argument("--batch-size", type=int, help="images per model call (default: the runtime's preference)")
     parser.add_argument("--workers", type=int, help="decoding threads (default: half the CPUs this process may use)")
@@ -419,6 +461,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task-meta", type=Path, help="a CVAT for images 1.1 annotations.xml of the task: its "
                         "labels (and their score attributes) describe the XML output without a server")
     parser.add_argument("--dry-run", action="store_true", help="report what would be added to CVAT, add nothing")
+    parser.add_argument("--ledger", metavar="LOCATION", help="the task's upload ledger, which frames' machine shapes "
+                        "are ours: FILE.json (a key in CVAT_ARGO_STORE when set, else a local file) or a ledgers "
+                        "root in the store (<root>/<host>/task-<id>.json). Without one, frames with machine shapes "
+                        "are left alone")
+    parser.add_argument("--refresh", action="store_true", help="replace our shapes on frames nobody edited since "
+                        "(the ledger says which) by this model's; without it our frames are left as they are")
+    parser.add_argument("--run-id", default="", help="the name the ledger records for the shapes this run adds")
+    parser.add_argument("--next", type=int, default=next_to_annotate.DEFAULT_COUNT, metavar="N",
+                        help="list the N frames a person's labels would teach the model most in "
+                        f"{artifacts.NEXT_TO_ANNOTATE} (default %(default)s; 0: no list)")
     return parser
 
 
@@ -433,11 +485,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DatasetError(f"--{name.replace('_', '-')} {getattr(ns, name)} must be at least 1")
     options = Options(model=ns.model, dataset=ns.dataset, out=ns.out, images=ns.images, runtime=ns.runtime,
                       thresholds=ns.threshold, max_detections=ns.max_detections, batch_size=ns.batch_size,
-                      workers=ns.workers, cvat_task_id=ns.cvat_task_id, task_meta=ns.task_meta, dry_run=ns.dry_run)
+                      workers=ns.workers, cvat_task_id=ns.cvat_task_id, task_meta=ns.task_meta, dry_run=ns.dry_run,
+                      next_frames=ns.next, ledger=ns.ledger or None, refresh=ns.refresh, run_id=ns.run_id)
     summary = run(options)
     print(f"pre-annotated {summary['images']} images: {summary['shapes']} shapes "
           f"({', '.join(f'{k} {v}' for k, v in summary['shapes_per_label'].items())}), "
           f"{summary['images_per_second']} images/s ({summary['runtime']}); {len(summary['skipped'])} skipped")
+    threshold = summary["threshold"]
+    print(f"thresholds ({summary['threshold_origin']}): "
+          + ", ".join([f"default {threshold['default']}", *(f"{k} {v}" for k, v in threshold["per_label"].items())])
+          + (f"; {summary['threshold_note']}" if summary.get("threshold_note") else ""))
     for skipped in summary["skipped"][:10]:
         print(f"skipped {skipped['name']}: {skipped['reason']}", file=sys.stderr)
     upload = summary.get("upload")
@@ -446,8 +503,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"CVAT task {upload['task_id']}: {verb} {upload['created']} shapes on {upload['frames_created']} "
               f"frames; left {upload['frames_human']} frames with human shapes and {upload['frames_other_auto']} "
               f"with other machine shapes alone; {upload['already_present']} already there")
+        print(f"CVAT task {upload['task_id']}: left {upload['frames_reviewed']} frames of reviewed jobs and "
+              f"{upload['frames_ours_kept'] + upload['frames_ours_edited']} of our earlier frames alone "
+              f"({upload['frames_ours_edited']} edited since); {'would refresh' if upload['dry_run'] else 'refreshed'} "
+              f"{upload['frames_refreshed']} ({upload['shapes_deleted']} old shapes deleted); {upload['ledger_note']}")
     else:
         print(f"CVAT: {summary.get('upload_note')}")
+    if "next_to_annotate" in summary:
+        print(f"next to annotate: {summary['next_to_annotate']} frames ranked in "
+              f"{ns.out / artifacts.NEXT_TO_ANNOTATE}")
     print(f"written to {ns.out} (report: {ns.out / 'report.md'})")
     return 0
 
