@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from cvat_argo.engines.artifacts import write_json
+from cvat_argo.entry import run_step
 from cvat_argo.errors import CvatArgoError
 from cvat_argo.formats.annotations import ImageRecord, LabelSpec, Shape, TaskMeta
 from cvat_argo.formats.cvat_xml.writer import write_cvat_xml
@@ -190,12 +191,14 @@ def test_summary_plot_and_report(tmp_path):
     tally = Tally(labels=LABELS)
     for record in RECORDS:
         tally.add(record)
+    # every detection the runtime returned counts in the histogram, kept or not; unknown ids do not
+    tally.add_scores([0.93, 0.41, 0.07, 0.5], [1, 2, 2, 4], LABELS)
     tally.skip("broken.jpg", "cannot be decoded")
     summary = tally.summary(images_per_second=123.4, runtime="tflite-fp32", threshold=Thresholds(0.5).as_dict(),
                             max_detections=100, upload_note="not uploaded: CVAT_HOST is not set")
     assert summary["shapes_per_label"] == {"square": 1, "circle": 1, "triangle": 1}
     assert summary["images"] == 3 and summary["images_with_shapes"] == 2 and summary["shapes"] == 3
-    assert sum(sum(v) for v in summary["score_histogram"]["counts"].values()) == 3
+    assert summary["score_histogram"]["counts"] == {"square": [0] * 18 + [1, 0], "circle": [0, 1] + [0] * 6 + [1] + [0] * 11}
     plot_scores(tmp_path / "scores.png", summary, summary["threshold"])
     write_report(tmp_path, summary)
     assert (tmp_path / "scores.png").stat().st_size > 1000
@@ -257,7 +260,7 @@ def test_model_folder_without_labels_is_refused(tmp_path):
     (tmp_path / "exported").mkdir()
     with pytest.raises(CvatArgoError, match=r"has no labels\.json"):
         step.load(tmp_path / "exported", "auto")
-    code = step.run_step(step.main, ["--model", str(tmp_path / "exported"), "--dataset", str(tmp_path),
+    code = run_step(step.main, ["--model", str(tmp_path / "exported"), "--dataset", str(tmp_path),
                                      "--out", str(tmp_path / "out")])
     assert code == 4 and not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
@@ -404,8 +407,12 @@ def test_stage_keeps_scores_for_a_task_whose_labels_have_them(exported, dataset,
     assert all(s.score is None and s.kind == "box" for s in shapes if s.label != first)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["threshold"]["per_label"] == {third: 0.5} and summary["shapes_per_label"]["person"] == 0
-    low = summary["score_histogram"]["counts"].get(third, [0] * 20)[:10]  # bins under 0.5
-    assert sum(low) == 0
+    # the histogram counts every detection: all of those at threshold 0, and for `third` also those under 0.5
+    counts = summary["score_histogram"]["counts"]
+    for name in (first, second):
+        assert sum(counts.get(name, [])) == summary["shapes_per_label"][name]
+    low = counts.get(third, [0] * 20)[:10]  # bins under 0.5
+    assert sum(low) == sum(counts.get(third, [])) - summary["shapes_per_label"][third]
 
 
 @pytest.mark.slow

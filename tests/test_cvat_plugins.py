@@ -163,6 +163,13 @@ def test_a_malformed_cvat_host_is_refused_before_any_request(host):
         connect({"CVAT_HOST": host, "CVAT_ACCESS_TOKEN": "t"})
 
 
+@pytest.mark.parametrize("host", ["https://me:s3cret-pw@cvat.example.com", "me:s3cret-pw@cvat.example.com:8080"])
+def test_credentials_inside_cvat_host_are_refused_and_never_echoed(host):
+    with pytest.raises(CvatArgoError, match="CVAT_HOST holds credentials") as error:
+        connect({"CVAT_HOST": host, "CVAT_ACCESS_TOKEN": "t"})
+    assert "s3cret-pw" not in str(error.value)
+
+
 def test_score_values_fit_the_attribute():
     number = cvat_upload.TaskAttribute(1, "score", "number", ("0", "100", "5"))
     assert cvat_upload.score_value(0.87, number) == "85"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cvat_argo.engines import artifacts
+from cvat_argo.entry import run_step
 from cvat_argo.errors import CvatArgoError
 from cvat_argo.formats.label_map import write_labels_json
 from cvat_argo.inference import next_to_annotate as nta
@@ -118,7 +119,7 @@ def test_a_negative_next_stops_the_stage_with_one_line(tmp_path, capsys, monkeyp
     (tmp_path / "exported").mkdir()
     write_labels_json(tmp_path / "exported" / artifacts.LABELS, LABELS)
     (tmp_path / artifacts.UNANNOTATED).write_text(json.dumps({"count": 0, "images": []}))
-    code = step.run_step(step.main, ["--model", str(tmp_path / "exported"), "--dataset", str(tmp_path),
+    code = run_step(step.main, ["--model", str(tmp_path / "exported"), "--dataset", str(tmp_path),
                                      "--out", str(tmp_path / "out"), "--next", "-1"])
     error = capsys.readouterr().err
     assert code != 0 and error.startswith("error: --next -1: ") and error.count("\n") == 1

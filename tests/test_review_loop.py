@@ -7,12 +7,14 @@ CVAT: in one job they keep most of our shapes, move one (it stays ``source="auto
 draw a missed object and finish the job; in another job they delete every shape of one frame and
 draw on another frame without finishing the job. Round 2 (``--from-run``) must train on exactly the
 ground-truth frames, start from round 1's whole model, add shapes only to frames nobody touched and
-that never had ours, and qc-report must count exactly what the reviewer did.
+that never had ours, and qc-report must count exactly what the reviewer did. The stages leave nothing
+in their temp folder (TensorFlow's own clean-up never runs: they end with ``os._exit``).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -128,8 +130,11 @@ def run(*argv: str) -> None:
 def test_two_rounds_of_review(tmp_path, monkeypatch):
     task = generated_task(tmp_path / "task")
     runs = tmp_path / "runs"
+    scratch = tmp_path / "tmp"  # the stages' TMPDIR: TensorFlow's leftovers must not outlive them
+    scratch.mkdir()
+    tempfile.gettempdir()  # this process keeps its own temp folder
     with cvat_server(task) as env:
-        for name, value in env.items():
+        for name, value in {**env, "TMPDIR": str(scratch)}.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("CVAT_ARGO_STORE", raising=False)
 
@@ -199,6 +204,7 @@ def test_two_rounds_of_review(tmp_path, monkeypatch):
         reviewed = f"{job_frames[0]}-{job_frames[-1]}"
         run("qc-report", str(export), "--predictions", str(predictions), "--reviewed", reviewed,
             "--out", str(tmp_path / "qc"))
+    assert sorted(scratch.rglob("*")) == [], "the stages left files in their temp folder"
     report = json.loads((tmp_path / "qc" / artifacts.QC_JSON).read_text())
     total = report["total"]
     # Counted: the reviewed job, and the frame a person drew on (a human edit makes it reviewed); not

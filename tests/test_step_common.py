@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,34 @@ def test_exit_without_teardown_keeps_the_exit_code_and_flushes_buffered_output()
     assert done.returncode == 3
     assert done.stdout == "trained to step 10"
     assert "last log line" in done.stderr
+
+
+@pytest.mark.parametrize("outcome", ["done", "error", "crash"])
+def test_a_tensorflow_step_leaves_nothing_in_the_temp_folder(tmp_path: Path, outcome: str):
+    """What a step and its children leave in TMPDIR (TensorFlow's own clean-up never runs) goes with it."""
+    script = textwrap.dedent("""
+        import subprocess, sys, tempfile
+        from cvat_argo.entry import run_tensorflow_step
+        from cvat_argo.errors import DatasetError
+
+        def main(argv):
+            tempfile.NamedTemporaryFile(suffix="__autograph_generated_file.py", delete=False).write(b"x")
+            subprocess.run([sys.executable, "-c", "import tempfile; tempfile.mkstemp()"], check=True)  # a child
+            if argv == ["error"]:
+                raise DatasetError("bad input")
+            if argv == ["crash"]:
+                raise RuntimeError("a bug")
+            return 0
+
+        run_tensorflow_step(main, sys.argv[1:])
+    """)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = subprocess.run([sys.executable, "-c", script, outcome], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TMPDIR": str(scratch)})
+    assert done.returncode == {"done": 0, "error": 4, "crash": 1}[outcome], done.stderr
+    assert ("Traceback" in done.stderr) == (outcome == "crash")  # a bug keeps its traceback
+    assert list(scratch.rglob("*")) == []
 
 
 def test_build_output_publishes_only_a_complete_output(tmp_path: Path):

@@ -7,9 +7,10 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from .errors import CvatArgoError
 
@@ -88,3 +89,20 @@ def exit_without_teardown(code: int) -> None:
         with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing left to flush
             stream.flush()
     os._exit(code)
+
+
+def run_tensorflow_step(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> NoReturn:
+    """Run a TensorFlow step in a temporary folder of its own; remove it, then :func:`exit_without_teardown`.
+
+    TensorFlow (autograph's generated modules, the TFLite converter) leaves temporary files that only
+    its clean-up at interpreter shutdown removes, and ``os._exit`` skips that: one quickstart left
+    about 90 files in /tmp. ``TMPDIR`` points into a private folder for this process and its
+    children, which goes whatever the outcome (an unexpected exception keeps its traceback).
+    """
+    scratch = tempfile.mkdtemp(prefix="cvat-argo-step-")
+    os.environ["TMPDIR"] = tempfile.tempdir = scratch
+    try:
+        code = run_step(main, argv)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    exit_without_teardown(code)

@@ -54,8 +54,15 @@ def connect(env: Mapping[str, str] | None = None, *, needs: str = "a live CVAT t
 
 
 def _check_host(host: str) -> None:
-    """``CVAT_HOST`` is ``host[:port]`` (https is tried) or an http(s):// URL; anything else is refused now."""
+    """``CVAT_HOST`` is ``host[:port]`` (https is tried) or an http(s):// URL; anything else is refused now.
+
+    Credentials inside the address (``user:pass@host``) are refused without echoing the address: they
+    would end up in logs, reports and the ledger's key.
+    """
     url = urlsplit(host if "://" in host else f"https://{host}")
+    if "@" in url.netloc:
+        raise CvatArgoError("CVAT_HOST holds credentials (user:password@host): give the bare address and set "
+                            "CVAT_ACCESS_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD")
     try:
         port_ok = url.port is None or 0 < url.port < 65536
     except ValueError:

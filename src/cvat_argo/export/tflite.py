@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..engines import artifacts
-from ..entry import exit_without_teardown, run_step
+from ..entry import run_tensorflow_step
 from ..errors import ConvertError
 from ..inference import serving
 from .inputs import TrainedModel, load_export_config, read_trained_model
@@ -120,7 +120,7 @@ class TFLiteExportProcess:
     side by side they take about as long as the slower one (the quickstart's convert stage went from
     57-61 s to 33-35 s). The child writes its files into the same ``.partial`` folder (no name
     is shared with the SavedModel export) and ends the way every TensorFlow step does
-    (:func:`~cvat_argo.entry.exit_without_teardown`); its log lines go to this step's log.
+    (:func:`~cvat_argo.entry.run_tensorflow_step`); its log lines go to this step's log.
     """
 
     def __init__(self, model: Path, out: Path, score_threshold: float) -> None:
@@ -157,5 +157,5 @@ def tflite_child_main() -> None:
         export_tflite(load_export_config(trained, float(score_threshold)), trained, Path(out))
         return 0
 
-    exit_without_teardown(run_step(export, sys.argv[1:]))
+    run_tensorflow_step(export, sys.argv[1:])
 

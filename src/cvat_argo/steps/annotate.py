@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..engines import artifacts
-from ..entry import build_output, exit_without_teardown, run_step
+from ..entry import build_output, run_tensorflow_step
 from ..errors import CvatArgoError, DatasetError
 from ..formats.annotations import ImageRecord, LabelSpec, TaskMeta
 from ..formats.cvat_xml.writer import write_cvat_xml
@@ -381,6 +381,7 @@ def annotate(options: Options, partial: Path) -> dict[str, Any]:
                                      tuple(f for f in fitted if f is not None))
                 records.append(record)
                 tally.add(record)
+                tally.add_scores(detections.scores, detections.classes, model_labels)
                 # every detection the runtime returned (above its own score floor), before the thresholds
                 ranking.add(done.item.frame if cvat_frames else None, done.item.name, detections.scores,
                             detections.classes)
@@ -517,4 +518,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_without_teardown(run_step(main))
+    run_tensorflow_step(main)

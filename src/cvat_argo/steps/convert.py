@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines import artifacts
-from ..entry import exit_without_teardown, run_step
+from ..entry import run_tensorflow_step
 from ..errors import ConvertError
 from ..export.inputs import load_export_config, read_dataset_labels, read_trained_model
 from ..export.model_card import model_card, optional_json
@@ -171,4 +171,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_without_teardown(run_step(main))
+    run_tensorflow_step(main)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines import artifacts
+from ..entry import run_step
 
 KNOWN_STATUSES = ("Succeeded", "Failed", "Error")
 
@@ -62,4 +63,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_step(main))

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..engines import artifacts
-from ..entry import exit_without_teardown, run_step
-from ..errors import ArgumentError, CvatArgoError
+from ..entry import run_tensorflow_step
+from ..errors import ArgumentError, CvatArgoError, DatasetError
 from ..request.catalog import entry_from_parameters
 from ..request.spec import Arguments
 from ..storage.store import store_from_env
@@ -119,6 +119,8 @@ def run(model: str, model_spec: str, args: str, dataset: Path, base_model: Path 
 
     entry = entry_from_parameters(model, model_spec)
     arguments = Arguments.parse(args)
+    if not dataset.is_dir():  # before TensorFlow loads (seconds) and before --out is made
+        raise DatasetError(f"--dataset {dataset} is not a folder (expected the create-dataset stage's output)")
     gpus = visible_gpus()
     if gpus == 0:
         print("no GPU visible: training on the CPU (slow for anything but small models and inputs)", flush=True)
@@ -186,4 +188,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_without_teardown(run_step(main))
+    run_tensorflow_step(main)
