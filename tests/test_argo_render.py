@@ -43,11 +43,11 @@ def test_renders_one_template_per_machine_and_the_cluster_objects(rendered):
     names = [f.name for f in rendered]
     assert [n for n in names if n.startswith("workflowtemplate-")] == [
         f"workflowtemplate-cvat-argo-{m}.yaml" for m in ALL_MACHINES]
-    for expected in ("configmap-artifact-repositories.yaml", "configmap-cvat-argo-store.yaml",
-                     "secret-cvat-argo-s3.yaml", "secret-cvat-credentials.yaml", "serviceaccount-cvat-argo.yaml",
-                     "role-cvat-argo.yaml", "rolebinding-cvat-argo.yaml", "example-workflow.yaml",
-                     "kustomization.yaml"):
+    for expected in ("configmap-cvat-argo-artifact-repositories.yaml", "configmap-cvat-argo-store.yaml",
+                     "serviceaccount-cvat-argo.yaml", "role-cvat-argo.yaml", "rolebinding-cvat-argo.yaml",
+                     "example-workflow.yaml", "kustomization.yaml"):
         assert expected in names
+    assert not [n for n in names if n.startswith("secret-")]  # the overlay makes the Secrets
     kustomization = yaml.safe_load(rendered[-1].text)
     assert "example-workflow.yaml" not in kustomization["resources"]  # applying it would start a run
     assert set(kustomization["resources"]) == set(names) - {"example-workflow.yaml", "kustomization.yaml"}
@@ -80,10 +80,30 @@ def test_every_model_machine_pair_builds_a_valid_workflow(model, machine):
     workflow = build_workflow(request, catalog).to_dict()
     assert_valid(template)
     assert_valid(workflow, templates=[template])
+    # Argo refuses a value outside a parameter's enum: the run's model and GPU count are among the choices.
+    choices = {p["name"]: p.get("enum") for p in template["spec"]["arguments"]["parameters"]}
+    values = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
+    assert values["model"] in choices["model"]
+    assert choices.get("gpus") == ([str(n) for n in range(1, catalog.machine(machine).gpus + 1)] or None)
+    if "gpus" in values:
+        assert values["gpus"] in choices["gpus"]
+
+
+def test_model_choices_fit_the_machine(rendered):
+    templates = {obj["metadata"]["name"]: obj for _, obj in argo_objects(rendered) if obj["kind"] == "WorkflowTemplate"}
+    catalog = load_catalog(env={})
+    for machine in ALL_MACHINES:
+        model = next(p for p in templates[f"cvat-argo-{machine}"]["spec"]["arguments"]["parameters"]
+                     if p["name"] == "model")
+        expected = [m.name for m in catalog.models.values() if m.min_gpus <= catalog.machine(machine).gpus]
+        assert model["enum"] == expected and model["value"] == catalog.default_model
+    assert "frcnn-nas-coco" not in str(templates["cvat-argo-gpu-1"]["spec"]["arguments"])
 
 
 def test_artifact_repository_config_validates_against_argo(rendered):
-    config_map = yaml.safe_load(next(f.text for f in rendered if f.name == "configmap-artifact-repositories.yaml"))
+    config_map = yaml.safe_load(next(f.text for f in rendered
+                                     if f.name == "configmap-cvat-argo-artifact-repositories.yaml"))
+    assert config_map["metadata"]["name"] == "cvat-argo-artifact-repositories"
     repository = yaml.safe_load(config_map["data"]["cvat-argo"])
     assert schema_errors(repository, definition="io.argoproj.workflow.v1alpha1.ArtifactRepository") == []
     assert repository["s3"]["accessKeySecret"] == {"name": "cvat-argo-s3", "key": "accesskey"}
@@ -169,9 +189,7 @@ def test_no_credentials_or_endpoints_in_templates(rendered):
                 assert set(env) == {"name", "valueFrom"}, f"{name}: {env['name']} must come from a Secret/ConfigMap"
             for artifact in template.get("outputs", {}).get("artifacts", []):
                 assert set(artifact["s3"]) == {"key"}, "artifacts must be key-only"
-    secrets = [yaml.safe_load(f.text) for f in rendered if f.name.startswith("secret-")]
-    assert all(v == "" or v.startswith(("REPLACE-WITH", "https://cvat.example.com"))
-               for s in secrets for v in s["stringData"].values())
+    assert not [f.name for f in rendered if yaml.safe_load(f.text).get("kind") == "Secret"]
 
 
 def test_training_pod_gets_the_machine_and_num_clones():
@@ -206,7 +224,7 @@ def test_workflow_metadata_lifecycle_and_keys():
     spec = template["spec"]
     assert spec["podGC"] == {"strategy": "OnPodSuccess"}
     assert spec["ttlStrategy"]["secondsAfterSuccess"] > 0 and spec["serviceAccountName"] == "cvat-argo"
-    assert spec["onExit"] == "record-status" and spec["artifactRepositoryRef"]["configMap"] == "artifact-repositories"
+    assert spec["onExit"] == "record-status" and spec["artifactRepositoryRef"]["configMap"] == "cvat-argo-artifact-repositories"
     assert isinstance(spec["activeDeadlineSeconds"], int)
     assert spec["workflowMetadata"]["labelsFrom"][TASK_ID_LABEL]["expression"] == "workflow.parameters['cvat-task-id']"
     keys = {a["name"]: a["s3"]["key"] for t in spec["templates"] for a in t.get("outputs", {}).get("artifacts", [])}
@@ -240,6 +258,11 @@ def test_models_with_their_own_images_get_their_own_template(tmp_path):
     assert train["container"]["image"] == "reg/t:1"
     names = [f.name for f in render_files(catalog)]
     assert "workflowtemplate-cvat-argo-gpu-2-custom.yaml" in names
+    # Its own template offers only its model, and defaults to it with its catalog entry (no model-spec needed).
+    parameters = {p["name"]: p for p in template["spec"]["arguments"]["parameters"]}
+    assert parameters["model"]["enum"] == ["custom"] and parameters["model"]["value"] == "custom"
+    assert json.loads(parameters["model-spec"]["value"])["name"] == "custom"
+    assert_valid(template)
 
 
 def test_registry_override_moves_every_image(monkeypatch):

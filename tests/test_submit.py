@@ -90,7 +90,7 @@ def test_missing_template_says_how_to_install_it(server):
         submit(TrainingRequest.create(task_id=1), connection(server))
     message = str(caught.value)
     assert message.startswith("404 Not Found from") and "WorkflowTemplate cvat-argo-gpu-1 does not exist" in message
-    assert "kubectl apply -k workflow_templates/" in message and "--install-template" in message
+    assert "kubectl -n argo apply -k workflow_templates/" in message and "--install-template" in message
 
 
 def test_wrong_token_is_a_401_that_never_echoes_the_token(server):

@@ -14,6 +14,7 @@ credentials live in the cluster (ConfigMap + Secret), never here. Keys follow
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from hera.workflows import (
     DAG,
@@ -46,7 +47,7 @@ from hera.workflows.models import Toleration as ModelToleration
 
 from .. import __version__
 from ..errors import RequestError
-from ..request.catalog import Catalog, ResolvedRequest
+from ..request.catalog import Catalog, ResolvedRequest, load_catalog
 from ..request.spec import TrainingRequest
 from . import artifacts
 from .pipeline import PLACEHOLDER, TRANSIENT_EXIT_CODE, Pipeline, Stage, build_pipeline
@@ -225,10 +226,51 @@ def cluster_pipeline(request: TrainingRequest | ResolvedRequest, catalog: Catalo
 def build_workflow_template(request: TrainingRequest, catalog: Catalog | None = None) -> WorkflowTemplate:
     """The reusable WorkflowTemplate for the request's machine type (and model images)."""
     pipeline = build_pipeline(request, catalog)
-    return workflow_template_for(pipeline)
+    return workflow_template_for(pipeline, catalog)
 
 
-def workflow_template_for(pipeline: Pipeline) -> WorkflowTemplate:
+def template_models(pipeline: Pipeline, catalog: Catalog | None = None) -> list[str]:
+    """The models the pipeline's template runs: its ``model`` parameter's choices in the Argo UI.
+
+    A template with images of its own runs only its model. A machine type's template runs every model
+    that fits the machine and brings no images (those get their own templates), plus the pipeline's
+    own model, so that a template installed for a model from another catalog accepts it.
+    """
+    resolved = pipeline.resolved
+    if pipeline.own_images:
+        return [resolved.model.name]
+    catalog = catalog or load_catalog()
+    fits = [entry.name for entry in catalog.models.values() if entry.min_gpus <= resolved.machine.gpus
+            and not build_pipeline(replace(resolved, model=entry)).own_images]
+    first = [catalog.default_model] if catalog.default_model in fits else []
+    return list(dict.fromkeys([*first, *fits, resolved.model.name]))
+
+
+def _template_parameters(pipeline: Pipeline, catalog: Catalog | None) -> list[Parameter]:
+    """The template's workflow parameters with their defaults; ``model`` and ``gpus`` carry an ``enum``
+    (the Argo UI offers a drop-down; recent Argo versions refuse a value outside it)."""
+    resolved = pipeline.resolved
+    models = template_models(pipeline, catalog)
+    model_default = next(p.default for p in pipeline.parameters if p.name == "model")
+    # A template whose models exclude the catalog's default (a model with images of its own) defaults to
+    # the pipeline's model, with its catalog entry: a run started from the UI then needs no model-spec.
+    own_default = model_default not in models
+    parameters = []
+    for p in pipeline.parameters:
+        value, enum = p.default, None
+        if p.name == "model":
+            value, enum = (resolved.model.name if own_default else p.default), models
+        elif p.name == "model-spec" and own_default:
+            value = p.value
+        elif p.name == "gpus":
+            enum = [str(n) for n in range(1, resolved.machine.gpus + 1)]
+        parameters.append(Parameter(name=p.name, value=value, description=p.description, enum=enum))
+    return parameters
+
+
+def workflow_template_for(pipeline: Pipeline, catalog: Catalog | None = None) -> WorkflowTemplate:
+    """The pipeline's WorkflowTemplate; ``catalog`` (default: the built-in one, or ``$CVAT_ARGO_CATALOG``)
+    lists the models its ``model`` parameter offers."""
     resolved = pipeline.resolved
     request = resolved.request
     containers = {s.name: stage_container(s, tensorboard=request.tensorboard) for s in pipeline.all_stages()}
@@ -244,7 +286,7 @@ def workflow_template_for(pipeline: Pipeline) -> WorkflowTemplate:
         },
         entrypoint=ENTRYPOINT,
         on_exit=pipeline.exit_stage.name,
-        arguments=[Parameter(name=p.name, value=p.default, description=p.description) for p in pipeline.parameters],
+        arguments=_template_parameters(pipeline, catalog),
         templates=[_dag(pipeline, containers), *containers.values()],
         service_account_name=request.service_account,
         artifact_repository_ref=ArtifactRepositoryRef(

@@ -186,8 +186,9 @@ def _readable(exc: Exception, connection: ArgoConnection, *, what: str) -> Submi
                    f"{namespace!r}. Check ARGO_NAMESPACE and the RBAC role bound to the token's service account")
     elif isinstance(exc, hera_errors.NotFound):
         message = (f"404 Not Found from {server}: {what} does not exist in namespace {namespace!r}. Install the "
-                   "templates (`python -m cvat_argo render --out workflow_templates/ && kubectl apply -k "
-                   "workflow_templates/`) or submit with --install-template")
+                   f"templates (`kubectl -n {namespace} apply -k workflow_templates/`, or `kubectl apply -k` your "
+                   "overlay made from examples/gitops-overlay, which also makes the Secrets) or submit with "
+                   "--install-template")
     elif isinstance(exc, requests.exceptions.SSLError):
         message = (f"TLS error talking to {server}: the certificate could not be verified. Pass --ca-file with "
                    "the server's CA, set ARGO_INSECURE_SKIP_VERIFY=true for a self-signed certificate, or "

@@ -206,12 +206,14 @@ class ArtifactRepository(BaseModel):
     """The Argo artifact repository the workflow's key-only artifacts resolve through.
 
     Endpoint, bucket and credentials live in the cluster (the ConfigMap and a Secret), never in the
-    rendered YAML: this only names the ConfigMap and the key inside it.
+    rendered YAML: this only names the ConfigMap and the key inside it. The default is a ConfigMap of
+    our own (``render`` writes it), not Argo's ``artifact-repositories``, which a cluster may already
+    hold and which ``kubectl apply`` would replace; name that one here to use it instead.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    config_map: str = "artifact-repositories"
+    config_map: str = "cvat-argo-artifact-repositories"
     key: str = "cvat-argo"
 
 
