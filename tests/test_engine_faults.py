@@ -159,7 +159,8 @@ def test_checkpoints_are_kept_under_the_stores_prefix(tmp_path):
         shutil.rmtree(run.root, ignore_errors=True)
     folder_run = local.prepare(REQUEST, store=str(tmp_path), run_id="r2")
     command = folder_run.resolve(folder_run.pipeline.stage(artifacts.TRAIN))
-    assert command[command.index("--resume-key") + 1] == f"{REQUEST.output_prefix}/r2/train/model"
+    # A folder store's prefix is the runs folder itself: the key is where the checkpoints already lie.
+    assert command[command.index("--resume-key") + 1] == str(tmp_path.resolve() / "r2" / "train" / "model")
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -268,3 +269,20 @@ def test_a_reused_run_id_with_another_request_is_refused_and_the_run_is_untouche
     assert (first.root / artifacts.RUN_REQUEST).read_text() == saved
     again = local.prepare(REQUEST, store=str(tmp_path), run_id="same")  # the same request: a resume
     assert again.resumed and (first.root / artifacts.RUN_REQUEST).read_text() == saved
+
+
+def test_a_stage_that_fails_for_good_stops_the_stages_beside_it_and_is_the_one_reported(tmp_path):
+    """Issue 14: create-dataset failed in seconds, but the run was reported after pull-base-model's retries."""
+    plan = {artifacts.CREATE_DATASET: {"sleep": 1, "exit": 4}, artifacts.PULL_BASE_MODEL: {"sleep": 600}}
+    result = _run(str(tmp_path), "first-cause", plan=plan)  # would time out if pull-base-model were waited for
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1, result.stderr
+    assert error_lines[0].startswith("error: stage create-dataset failed with exit code 4"), result.stderr
+    assert "pull-base-model stopped (create-dataset failed)" in result.stderr
+    run_dir = tmp_path / "first-cause"
+    pulled = run_dir / artifacts.PULL_BASE_MODEL
+    assert not (pulled / artifacts.BASE_MODEL).exists() and not (pulled / artifacts.STAGE_MANIFEST).exists()
+    assert _gone_within(int((pulled / "pid").read_text()), 10)
+    assert [f["displayName"] for f in _status(run_dir)["failures"]] == [artifacts.CREATE_DATASET]
+    assert f"{artifacts.TRAIN} started" not in result.stderr  # nothing after them started

@@ -89,8 +89,11 @@ def test_a_failed_stage_is_named_with_its_log_and_nothing_finished_is_deleted(tm
     assert str(log) in result.stderr and "export.zip" in result.stderr  # the tail names the file at fault
     assert "python -m cvat_argo run --resume broken" in result.stderr
     assert "export.zip" in log.read_text()
-    # The base-model pull ran beside it and finished: kept, with its manifest; later stages never started.
-    assert json.loads((run_dir / "pull-base-model" / "manifest.json").read_text())["files"]
+    # The base-model pull ran beside it: kept with its manifest when it finished first, else stopped at once
+    # (not left to run on); later stages never started.
+    pulled = run_dir / "pull-base-model" / "manifest.json"
+    assert (pulled.exists() and json.loads(pulled.read_text())["files"]) or (
+        "pull-base-model stopped (create-dataset failed)" in result.stderr), result.stderr
     assert not (run_dir / "train").exists()
     status = json.loads((run_dir / "record-status" / "status" / "status.json").read_text())
     assert status["status"] == "Failed" and status["failures"][0]["displayName"] == "create-dataset"

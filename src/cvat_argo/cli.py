@@ -159,18 +159,21 @@ def cmd_plan(ns: argparse.Namespace) -> int:
 
 
 def cmd_render(ns: argparse.Namespace) -> int:
-    from .engines.render import ClusterSettings, check_or_raise, render_files, write_files
+    from .engines.render import check_or_raise, render_files, settings_for, write_files
 
-    settings = ClusterSettings(bucket=ns.bucket, s3_endpoint=ns.s3_endpoint, s3_insecure=not ns.s3_tls,
-                               s3_region=ns.s3_region)
-    files = render_files(load_catalog(ns.catalog), settings)
+    # Flags not given keep the values recorded in the folder's kustomization.yaml (see render.settings_for).
+    settings, changes = settings_for(ns.out, check=ns.check, bucket=ns.bucket, s3_endpoint=ns.s3_endpoint,
+                                     s3_region=ns.s3_region, s3_tls=ns.s3_tls, catalog=ns.catalog)
+    files = render_files(load_catalog(settings.catalog_file(ns.out), env={}), settings)
     if ns.check:
         check_or_raise(files, ns.out)
         print(f"{ns.out}: {len(files)} files match the code")
         return 0
     written, removed = write_files(files, ns.out)
-    print(f"{ns.out}: {len(files)} files, {len(written)} written, {len(removed)} removed "
-          f"(install: kubectl apply -k {ns.out})")
+    for change in changes:
+        print(f"render setting: {change}")
+    print(f"{ns.out}: {len(files)} files, {len(written)} written, {len(removed)} removed (a kustomize base "
+          "without Secrets: install it through an overlay, see examples/gitops-overlay)")
     return 0
 
 
@@ -185,7 +188,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
         pipeline = cluster_pipeline(request, catalog)
         objects = [workflow_for(pipeline).to_dict()]
         if ns.install_template:
-            objects.insert(0, workflow_template_for(pipeline).to_dict())
+            objects.insert(0, workflow_template_for(pipeline, catalog).to_dict())
         sys.stdout.write(yamlio.dump_all(objects))
         print(f"# dry run: nothing sent; the workflow uses WorkflowTemplate {template_name(pipeline)}",
               file=sys.stderr)
@@ -207,31 +210,132 @@ def cmd_submit(ns: argparse.Namespace) -> int:
     return 0 if phase == "Succeeded" else 1
 
 
+#: The flags that make up a run's request, by the TrainingRequest field each sets. ``run`` leaves them
+#: None when not given (its defaults wait in ``ns.request_defaults``), so ``--resume`` can tell them apart.
+REQUEST_FLAGS = {"source": "source", "task_id": "source", "model": "model", "machine": "machine",
+                 "args": "arguments", "args_file": "arguments", "base_model": "base_model_uri",
+                 "from_run": "base_model_uri", "base_model_sha256": "base_model_sha256",
+                 "val_fraction": "val_fraction", "output_prefix": "output_prefix", "no_tensorboard": "tensorboard",
+                 "label": "labels"}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _shown(request: TrainingRequest, field: str) -> str:
+    value = getattr(request, field)
+    if field == "source":
+        return value.describe()
+    if field == "arguments":
+        return value.to_string() or "the defaults"
+    if field == "labels":
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return "none" if value is None else str(value)
+
+
+def _from_run(ns: argparse.Namespace) -> None:
+    """``--from-run RUN``: that run's trained model becomes the base model (and the model, unless given)."""
+    from .engines import local
+
+    if ns.base_model:
+        raise CvatArgoError("give --from-run or --base-model, not both")
+    try:
+        earlier = local.earlier_model(ns.from_run, store=ns.store)
+    except CvatArgoError as exc:
+        if str(exc).startswith("--from-run"):
+            raise
+        raise type(exc)(f"--from-run {ns.from_run}: {exc}") from None
+    ns.base_model, ns.model = earlier.uri, ns.model or earlier.model
+
+
+def _check_resume_flags(ns: argparse.Namespace, catalog: Catalog) -> None:
+    """``--resume ID`` continues the request saved with the run: request flags may repeat it, never change it.
+
+    A changed flag used to be ignored without a word (``--resume ID --args epochs=50`` trained the saved
+    epochs); a run id names one request for ever, so a changed request is a new run.
+    """
+    from .engines import local
+
+    if ns.run_id and ns.run_id != ns.resume:
+        raise CvatArgoError(f"--run-id {ns.run_id} and --resume {ns.resume}: --resume continues run {ns.resume}; "
+                            "--run-id NEW (without --resume) starts a new one")
+    given = [dest for dest in REQUEST_FLAGS if getattr(ns, dest) is not None]
+    if not given:
+        return
+    saved = local.reopen(ns.resume, store=ns.store, catalog=catalog).pipeline.resolved.request
+    if ns.from_run:
+        _from_run(ns)
+    if ns.source is None and ns.task_id is None:
+        ns.source, ns.task_id = saved.source.uri, saved.source.cvat_task_id
+    if ns.args is None and ns.args_file is None:
+        ns.args = saved.arguments.to_string()
+    for dest, value in (("model", saved.model), ("machine", saved.machine), ("base_model", saved.base_model_uri),
+                        ("base_model_sha256", saved.base_model_sha256), ("val_fraction", saved.val_fraction),
+                        ("output_prefix", saved.output_prefix), ("no_tensorboard", not saved.tensorboard),
+                        ("label", [f"{k}={v}" for k, v in saved.labels.items()])):
+        if getattr(ns, dest) is None:
+            setattr(ns, dest, value)
+    asked = _request(ns, catalog, local=True).request
+    changed = [field for field in dict.fromkeys(REQUEST_FLAGS.values())
+               if getattr(asked, field) != getattr(saved, field)]
+    if changed:
+        what = "; ".join(
+            f"{'the source' if field == 'source' else '/'.join(_flag(d) for d in given if REQUEST_FLAGS[d] == field)} "
+            f"{_shown(saved, field)}, not {_shown(asked, field)}" for field in changed)
+        raise CvatArgoError(f"run {ns.resume} was started with {what}: --resume continues a run as it was asked; "
+                            f"drop those flags, or start a new run with them (--run-id NEW instead of --resume)")
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     from .engines import local
 
     catalog = load_catalog(ns.catalog)
     request = None
-    if not ns.resume:
+    if ns.resume:
+        _check_resume_flags(ns, catalog)
+    else:
+        for dest, default in ns.request_defaults.items():
+            if getattr(ns, dest) is None:
+                setattr(ns, dest, default)
         if not ns.source and ns.task_id is None:
             raise CvatArgoError("give --source (a CVAT export) or --task-id, or --resume RUN_ID")
         if ns.from_run:
-            if ns.base_model:
-                raise CvatArgoError("give --from-run or --base-model, not both")
-            earlier = local.earlier_model(ns.from_run, store=ns.store)
-            ns.base_model, ns.model = earlier.uri, ns.model or earlier.model
+            _from_run(ns)
         request = _request(ns, catalog, local=True)
     run = local.run_locally(request, store=ns.store, run_id=ns.run_id, resume=ns.resume, catalog=catalog)
     print(f"run {run.run_id} finished: report {run.root / artifacts.RUN_REPORT}")
     return 0
 
 
+#: A quickstart task's size: at least 6 annotated images to train and validate on and 4 left to
+#: pre-annotate (60% are annotated); at most what generates in minutes (about 10 GB of JPEGs).
+QUICKSTART_IMAGES = (10, 100_000)
+
+
+def _check_quickstart_numbers(ns: argparse.Namespace) -> None:
+    """Refuse quickstart's numbers before its data is generated, by the rules the run itself applies."""
+    from . import quickstart
+
+    low, high = QUICKSTART_IMAGES
+    if not low <= ns.images <= high:
+        raise CvatArgoError(f"--images {ns.images}: give {low} to {high:,} images (60% of them annotated)")
+    if ns.seed < 0:
+        raise CvatArgoError(f"--seed {ns.seed}: give 0 or more")
+    planned = quickstart.QuickstartData(export=Path(ns.store) / "quickstart-data", truth=Path(ns.store),
+                                        images=ns.images, annotated=0)
+    load_catalog().resolve(quickstart.request_for(planned, epochs=ns.epochs, batch_size=ns.batch_size,
+                                                  input_size=ns.input_size))
+
+
 def cmd_quickstart(ns: argparse.Namespace) -> int:
     from . import quickstart
-    from .engines import local
-    from .reports.run import write_run_report
+    from .engines import local, preflight
 
     started = time.monotonic()
+    _check_quickstart_numbers(ns)
+    preflight.check_store(ns.store)
+    from .reports.run import write_run_report  # matplotlib: only once the numbers are known to be good
     data = quickstart.make_data(Path(ns.store) / "quickstart-data", ns.images, seed=ns.seed)
     print(f"quickstart: a CVAT task export of {data.images} images, {data.annotated} annotated: {data.export}")
     request = quickstart.request_for(data, epochs=ns.epochs, batch_size=ns.batch_size, input_size=ns.input_size)
@@ -289,12 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     render = _command(sub, "render", "write the WorkflowTemplates and cluster objects for GitOps")
     render.add_argument("--out", type=Path, default=DEFAULT_RENDER_DIR, help="folder (default: workflow_templates)")
-    render.add_argument("--check", action="store_true", help="exit 1 with a diff when --out differs from the code")
-    render.add_argument("--bucket", default="cvat-argo", help="bucket in the example artifact repository")
-    render.add_argument("--s3-endpoint", default="minio.minio.svc.cluster.local:9000", help="MinIO/S3 host:port")
-    render.add_argument("--s3-region", default="us-east-1")
-    render.add_argument("--s3-tls", action="store_true", help="the S3 endpoint speaks TLS")
+    render.add_argument("--check", action="store_true",
+                        help="exit 1 with a diff when --out differs from the code (rendered with the flags "
+                             "recorded in --out/kustomization.yaml)")
+    # Not given: the value recorded in --out/kustomization.yaml by the last render, else the default shown.
+    render.add_argument("--bucket", help="bucket in the base's ConfigMaps (default: cvat-argo)")
+    render.add_argument("--s3-endpoint", help="MinIO/S3 host:port (default: minio.minio.svc.cluster.local:9000)")
+    render.add_argument("--s3-region", help="(default: us-east-1)")
+    render.add_argument("--s3-tls", action=argparse.BooleanOptionalAction, default=None,
+                        help="the S3 endpoint speaks TLS (default: no)")
     _add_catalog_flag(render)
+    render.epilog = ("Flags not given keep the values the last render recorded in --out/kustomization.yaml "
+                     "(--catalog '' goes back to the built-in catalog).")
     render.set_defaults(func=cmd_render)
 
     run = _command(sub, "run", "run the whole pipeline on this machine (no cluster)")
@@ -306,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from-run", metavar="RUN_ID",
                      help="the next round: start training from that run's trained model (every layer; the class "
                           "head too when the labels are the same) instead of the catalog's base checkpoint")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, request_defaults={dest: run.get_default(dest) for dest in REQUEST_FLAGS})
+    run.set_defaults(**dict.fromkeys(REQUEST_FLAGS))  # None: not given (see REQUEST_FLAGS)
 
     quick = _command(sub, "quickstart", "generate a partly annotated CVAT task and run the whole loop on it here")
     quick.add_argument("--images", type=int, default=300, help="images in the generated task (60%% annotated)")

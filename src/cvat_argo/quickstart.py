@@ -91,5 +91,6 @@ def score_against_truth(annotations_dir: Path, truth_xml: Path) -> dict[str, Any
         evaluation.accumulate()
         evaluation.summarize()
     return {"images": len(ground_truth["images"]), "objects": len(ground_truth["annotations"]),
+            "truth": str(truth_xml.resolve()),  # the run report marks what the model missed against it
             "AP": round(float(evaluation.stats[0]), 4), "AP50": round(float(evaluation.stats[1]), 4),
             "AR100": round(float(evaluation.stats[8]), 4)}

@@ -88,6 +88,7 @@ PRE_ANNOTATIONS_GRID = "pre-annotations.png"
 QUICKSTART_SCORE = "quickstart-score.json"
 STAGE_MANIFEST = "manifest.json"
 STAGE_LOG = "log.txt"
+STORE_PROBE = ".cvat-argo-probe-{token}"  # the object `run` puts and deletes to test an s3:// store first
 
 
 def artifact_key(prefix: str, run_id: str, stage: str, artifact: str) -> str:

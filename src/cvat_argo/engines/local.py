@@ -14,7 +14,8 @@ The engine supervises its stages:
   was made from, so a re-trained model is converted and used again; an interrupted training
   continues from its newest checkpoint.
 - Any exception while running a stage fails that stage with its cause in one line; the engine never
-  waits on a dead worker. The first failure stops the run (nothing finished is deleted) and names the
+  waits on a dead worker. The first failure stops the run at once: the stages running beside it are
+  stopped (not left to finish or retry) and nothing finished is deleted; the error names the failed
   stage, its exit code, the tail of its log and the log's path. The engine exits 75 when that failure
   was transient (an outage), so a caller may retry.
 - Stage processes run in their own process group and die with the engine: SIGTERM and SIGINT stop
@@ -54,7 +55,7 @@ from ..request.catalog import Catalog, ResolvedRequest, resolve_request
 from ..request.spec import TrainingRequest
 from ..storage.digest import file_sha256
 from ..storage.store import S3Store, store_from_url
-from . import artifacts
+from . import artifacts, preflight
 from .pipeline import PLACEHOLDER, TRANSIENT_EXIT_CODE, Pipeline, Stage, build_pipeline
 
 TAIL_LINES = 20
@@ -68,7 +69,7 @@ EXIT_ON_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 @dataclass
 class StageResult:
     name: str
-    status: str  # "succeeded", "skipped" (resumed), "failed", "not run"
+    status: str  # "succeeded", "skipped" (resumed), "failed", "stopped" (another stage failed), "not run"
     seconds: float = 0.0
     exit_code: int | None = None
     attempts: int = 0
@@ -196,12 +197,16 @@ class Supervisor:
     def __init__(self) -> None:
         self._processes: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
+        self._wake = threading.Event()  # cuts a retry's back-off short when the run stops
         self.stopping: int | None = None  # the signal that stops the run
+        self.cancelled = ""  # why the stages still running were stopped: another stage failed for good
 
     def start(self, command: list[str], env: Mapping[str, str]) -> subprocess.Popen:
         with self._lock:
             if self.stopping is not None:
                 raise StageStopped(f"not started: the run is stopping ({signal.Signals(self.stopping).name})")
+            if self.cancelled:
+                raise StageStopped(f"not started: {self.cancelled}")
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                        env={**env, ENGINE_PID_ENV: str(os.getpid())}, bufsize=1,
                                        errors="replace", start_new_session=True)
@@ -217,6 +222,23 @@ class Supervisor:
         with self._lock:
             self.stopping = signum
             processes = list(self._processes)
+        self._terminate(processes, grace)
+
+    def cancel(self, reason: str, grace: float = STOP_GRACE_SECONDS) -> None:
+        """A stage failed for good: stop the others now (their retries could only delay the report)."""
+        with self._lock:
+            if self.cancelled or self.stopping is not None:
+                return
+            self.cancelled = reason
+            processes = list(self._processes)
+        self._terminate(processes, grace)
+
+    def pause(self, seconds: float) -> None:
+        """A retry's back-off, cut short when the run stops or is cancelled."""
+        self._wake.wait(seconds)
+
+    def _terminate(self, processes: list[subprocess.Popen], grace: float) -> None:
+        self._wake.set()
         for process in processes:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -353,11 +375,17 @@ def _run_stage(run: LocalRun, stage: Stage, env: Mapping[str, str], reporter: Re
         if supervisor.stopping is not None:
             return StageResult(stage.name, "failed", time.monotonic() - started, code, attempt, list(process.tail),
                                f"stopped by {signal.Signals(supervisor.stopping).name}")
+        if supervisor.cancelled:
+            return StageResult(stage.name, "stopped", time.monotonic() - started, code, attempt, list(process.tail),
+                               supervisor.cancelled)
         if code == TRANSIENT_EXIT_CODE and attempt <= limit:
             wait = min(2 ** attempt, 30)
             reporter.say(f"{stage.name}: transient failure ({error or f'exit {code}'}), retry {attempt}/{limit} "
                          f"in {wait} s")
-            time.sleep(wait)
+            supervisor.pause(wait)
+            if supervisor.cancelled:
+                return StageResult(stage.name, "stopped", time.monotonic() - started, code, attempt,
+                                   list(process.tail), supervisor.cancelled)
             if not stage.resumable:
                 for path in outputs:
                     shutil.rmtree(path, ignore_errors=True)
@@ -436,8 +464,11 @@ def _schedule(run: LocalRun, reporter: Reporter, supervisor: Supervisor, resume:
             result = StageResult(stage.name, "failed", exit_code=None, error=one_line(exc))
         with lock:
             done[stage.name] = result
-        verb = "finished" if result.status == "succeeded" else f"FAILED ({result.error or f'exit {result.exit_code}'})"
+        verb = {"succeeded": "finished", "stopped": f"stopped ({result.error})"}.get(
+            result.status, f"FAILED ({result.error or f'exit {result.exit_code}'})")
         reporter.say(f"{stage.name} {verb} in {_clock(result.seconds)}")
+        if result.status == "failed":  # the run has failed: the stages beside this one stop at once
+            supervisor.cancel(f"{stage.name} failed")
         if on_stage_done:
             on_stage_done(result)
 
@@ -604,11 +635,17 @@ def run_locally(request: TrainingRequest | ResolvedRequest | None = None, *, sto
 
     The notebook entry point: ``run = cvat_argo.run_locally(request)``, then read ``run.root``.
     :class:`StageFailed` exits 75 when the failure was transient, 130/143 when a signal stopped the run.
+    What can be checked before a stage starts (:mod:`.preflight`) is checked before the run has a folder.
     """
     if resume:
         run = reopen(resume, store=store, catalog=catalog)
+        preflight.check_run(run.pipeline.resolved.request, store, resumed=True)
     elif request is not None:
-        run = prepare(request, store=store, run_id=run_id, catalog=catalog)
+        resolved = resolve_request(request, catalog)
+        if run_id is not None:
+            check_run_id(run_id)
+        preflight.check_run(resolved.request, store)
+        run = prepare(resolved, store=store, run_id=run_id, catalog=catalog)
     else:
         raise CvatArgoError("give a request to run, or the id of a run to resume")
     return complete(run)
