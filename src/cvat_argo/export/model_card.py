@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines import artifacts
+from ..training.metrics import NOT_MEASURED, coco_metric
 from .thresholds import rate
 
 
@@ -55,7 +56,9 @@ def model_card(manifest: dict[str, Any], metrics: dict[str, Any], dataset: dict[
     lines += ["## Metrics (validation split)", ""]
     if final:
         lines += ["| metric | value |", "|---|---:|"] + [
-            f"| {key} | {value:.3f} |" for key, value in final.items() if isinstance(value, (int, float))]
+            f"| {key} | {coco_metric(value)} |" for key, value in final.items() if isinstance(value, (int, float))]
+        if any(isinstance(value, (int, float)) and value < 0 for value in final.values()):
+            lines += ["", f"{NOT_MEASURED}: the validation split has no objects of that kind (COCO writes -1)."]
     else:
         lines.append("No evaluation was recorded.")
     if "training_seconds" in metrics:

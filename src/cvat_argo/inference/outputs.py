@@ -299,7 +299,11 @@ def coco_document(labels: Sequence[str], images: Iterable[ImageRecord]) -> dict[
 
 @dataclass
 class Tally:
-    """Running counts while images stream through; memory stays small (scores in fixed bins)."""
+    """Running counts while images stream through; memory stays small (scores in fixed bins).
+
+    The score histogram counts every detection the runtime returned (:meth:`add_scores`), not only
+    the shapes kept: what lies under the threshold is what tells a person whether to lower it.
+    """
 
     labels: Sequence[str]
     images: int = 0
@@ -313,9 +317,14 @@ class Tally:
         self.images_with_shapes += bool(record.shapes)
         for shape in record.shapes:
             self.shapes_per_label[shape.label] += 1
-            if shape.score is not None:
-                bins = self.histogram.setdefault(shape.label, [0] * SCORE_BINS)
-                bins[min(SCORE_BINS - 1, int(shape.score * SCORE_BINS))] += 1
+
+    def add_scores(self, scores: Sequence[float], classes: Sequence[int], labels: Sequence[str]) -> None:
+        """Bin one image's raw detections (1-based ``classes`` into ``labels``), kept or not."""
+        for score, class_id in zip(np.asarray(scores, np.float64).reshape(-1),
+                                   np.asarray(classes).reshape(-1).astype(np.int64), strict=True):
+            if 1 <= class_id <= len(labels) and 0.0 <= score <= 1.0:
+                bins = self.histogram.setdefault(labels[class_id - 1], [0] * SCORE_BINS)
+                bins[min(SCORE_BINS - 1, int(score * SCORE_BINS))] += 1
 
     def skip(self, name: str, reason: str) -> None:
         self.skipped.append({"name": name, "reason": reason})
@@ -326,34 +335,56 @@ class Tally:
             "images_with_shapes": self.images_with_shapes,
             "shapes": sum(self.shapes_per_label.values()),
             "shapes_per_label": {name: self.shapes_per_label.get(name, 0) for name in self.labels},
-            "score_histogram": {"bins": SCORE_BINS, "counts": self.histogram},
+            "score_histogram": {"bins": SCORE_BINS, "counts": self.histogram, "of": "every detection"},
             "skipped": self.skipped,
             **extra,
         }
 
 
 def plot_scores(path: Path, summary: Mapping[str, Any], thresholds: Mapping[str, Any]) -> None:
-    """Score histogram per label with the thresholds marked: where to set the threshold next time."""
-    from ..reports.plots import new_figure, save_figure
+    """Every detection's score per label over 0-1, with each label's threshold: where to set it next time.
 
-    figure, axis = new_figure(width=7, height=4)
+    Shapes under a threshold are what a lower one would add, so the histogram counts every detection
+    the runtime returned (:meth:`Tally.add_scores`); a log count axis keeps the few near a threshold
+    visible beside the many low-scoring ones.
+    """
+    from ..reports.plots import label_colour, new_figure, plain_log_ticks, save_figure
+
+    figure, axis = new_figure(width=8, height=4.2)
     counts: Mapping[str, list[int]] = summary["score_histogram"]["counts"]
     bins = summary["score_histogram"]["bins"]
     edges = np.linspace(0, 1, bins + 1)
-    bottom = np.zeros(bins)
-    for label, values in counts.items():
-        axis.bar(edges[:-1], values, width=1 / bins, align="edge", bottom=bottom, label=label, edgecolor="white")
-        bottom += np.asarray(values)
-    axis.axvline(thresholds["default"], color="black", linestyle="--", linewidth=1, label="threshold")
-    for label, value in thresholds.get("per_label", {}).items():
-        axis.axvline(value, color="grey", linestyle=":", linewidth=1)
-        axis.text(value, axis.get_ylim()[1] * 0.95, label, rotation=90, va="top", fontsize=8)
+    labels = list(summary.get("labels") or counts)
+    kept = summary.get("shapes_per_label", {})
+    default, per_label = thresholds["default"], thresholds.get("per_label", {})
+    lines: dict[float, list[int]] = {}
+    for index, label in enumerate(labels):
+        lines.setdefault(float(per_label.get(label, default)), []).append(index)
+        values = np.asarray(counts.get(label, [0] * bins))
+        if values.any():
+            axis.stairs(values, edges, color=label_colour(index), linewidth=2, fill=False,
+                        label=f"{label}: {int(values.sum())} detections, {kept.get(label, 0)} kept")
+    nonzero = [v for values in counts.values() for v in values if v]
+    if nonzero and max(nonzero) > 20 * min(nonzero):
+        axis.set_yscale("log")
+        plain_log_ticks(axis.yaxis)
+    top = axis.get_ylim()[1]
+    for value, indexes in sorted(lines.items()):
+        colour = label_colour(indexes[0]) if len(indexes) == 1 else "black"
+        axis.axvline(value, color=colour, linestyle="--", linewidth=1.5)
+        axis.text(value + 0.008, top, f"threshold {value:g}: " + ", ".join(labels[i] for i in indexes),
+                  rotation=90, va="top", ha="left", fontsize=8, color=colour)
     axis.set_xlim(0, 1)
+    axis.set_xticks(np.linspace(0, 1, 11))
     axis.set_xlabel("score")
-    axis.set_ylabel("shapes")
-    axis.set_title(f"pre-annotation scores ({summary['shapes']} shapes on {summary['images']} images)")
-    if counts:
-        axis.legend(fontsize=8)
+    axis.set_ylabel("detections")
+    axis.set_title(f"scores of every detection ({summary['shapes']} kept as shapes on {summary['images']} images)",
+                   fontsize=10)
+    if nonzero:
+        axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(labels)),
+                    frameon=False)
+    else:
+        axis.text(0.5, 0.5, "the model returned no detections", ha="center", va="center", transform=axis.transAxes)
     save_figure(figure, path)
 
 

@@ -11,9 +11,7 @@ from .markdown import capped_section
 
 def plot(path: Path, summary: dict[str, Any], box_sizes: list[tuple[float, float]]) -> None:
     """Objects per label and split (``summary``'s "labels" and "objects"), and every box's size."""
-    from matplotlib.ticker import ScalarFormatter
-
-    from .plots import new_figure, save_figure
+    from .plots import new_figure, plain_log_ticks, save_figure
 
     labels = summary["labels"]
     figure, (counts_axis, sizes_axis) = new_figure(ncols=2, width=11, height=4)
@@ -30,7 +28,7 @@ def plot(path: Path, summary: dict[str, Any], box_sizes: list[tuple[float, float
         sizes_axis.set_xscale("log")
         sizes_axis.set_yscale("log")
         for axis in (sizes_axis.xaxis, sizes_axis.yaxis):
-            axis.set_major_formatter(ScalarFormatter())
+            plain_log_ticks(axis)
     sizes_axis.set_xlabel("box width (px)")
     sizes_axis.set_ylabel("box height (px)")
     sizes_axis.set_title("box sizes")

@@ -20,6 +20,15 @@ COCO_TAGS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "APs": "AP_small", "APm
              "APl": "AP_large", "ARmax100": "AR100"}
 PER_LABEL_TAGS = {"Precision mAP ByCategory": "AP", "Precision mAP ByCategory@50IoU": "AP50",
                   "Precision mAP ByCategory@75IoU": "AP75"}
+#: What people read where COCO evaluation writes -1: the validation split has no objects of that size or label.
+NOT_MEASURED = "n/a"
+
+
+def coco_metric(value: float | None) -> str:
+    """A COCO AP/AR for people: three decimals, ``n/a`` for COCO's -1 (nothing of the kind to find) or none."""
+    if value is None or value < 0 or value != value:
+        return NOT_MEASURED
+    return f"{value:.3f}"
 
 
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -76,7 +85,7 @@ def summarize(model_dir: Path, labels: Sequence[str]) -> dict[str, Any]:
 
 
 def plot_curves(summary: dict[str, Any], path: Path) -> None:
-    from ..reports.plots import new_figure, save_figure
+    from ..reports.plots import new_figure, plain_log_ticks, save_figure
 
     figure, (loss_axis, ap_axis) = new_figure(ncols=2, width=11, height=4)
     history = summary["history"]
@@ -84,6 +93,7 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
     if losses:
         loss_axis.plot(*zip(*losses, strict=True))
         loss_axis.set_yscale("log")
+        plain_log_ticks(loss_axis.yaxis)
     loss_axis.set_xlabel("step")
     loss_axis.set_title("training loss")
     for name in ("AP", "AP50", "AP75"):
