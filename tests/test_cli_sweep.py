@@ -96,6 +96,19 @@ CASES = [
     ("run-missing-source", ["run", "--source", "/nonexistent.zip"], 4, ["--source /nonexistent.zip"], None),
     ("run-missing-file-url-source", ["run", "--source", "file:///nonexistent.zip"], 4, ["/nonexistent.zip"], None),
     ("run-task-without-cvat-host", ["run", "--task-id", "42"], 2, ["--task-id 42", "CVAT_HOST"], None),
+    ("run-cvat-port-not-a-number", ["run", "--task-id", "42", "--server-host", "cvat.example", "--server-port", "http"],
+     2, ["--server-port 'http'"], None),
+    ("run-cvat-two-ports", ["run", "--task-id", "42", "--server-host", "cvat.example:8080", "--server-port", "80"], 2,
+     ["--server-port 80", "--server-host"], None),
+    ("run-cvat-auth-without-password", ["run", "--task-id", "42", "--server-host", "cvat.example", "--auth", "alice"],
+     2, ["--auth alice", "PASS", "CVAT_PASSWORD"], None),
+    ("run-cvat-org-without-server", ["run", "--task-id", "42", "--org", "acme"], 2, ["--org", "--server-host"], None),
+    ("run-cvat-bad-org", ["run", "--task-id", "42", "--server-host", "cvat.example", "--auth", "alice:pw", "--org",
+                          "acme corp"], 2, ["--org 'acme corp'"], None),
+    ("run-cvat-missing-ca-bundle", ["run", "--task-id", "42", "--server-host", "cvat.example", "--auth", "alice:pw",
+                                    "--ca-bundle", "missing.pem"], 2, ["--ca-bundle missing.pem"], None),
+    ("run-cvat-ca-bundle-not-pem", ["run", "--task-id", "42", "--server-host", "cvat.example", "--auth", "alice:pw",
+                                    "--ca-bundle", "notes.txt"], 2, ["--ca-bundle notes.txt", "PEM"], None),
     ("run-unknown-model", ["run", "--source", "coco.json", "--model", "no-such-model"], 2, ["no-such-model"], None),
     ("run-unknown-machine", ["run", "--source", "coco.json", "--machine", "gpu-99"], 2, ["gpu-99"], None),
     ("run-bad-args-key", ["run", "--source", "coco.json", "--args", "learning_rate=0.1"], 2, ["'learning_rate'"],
@@ -194,6 +207,33 @@ def test_a_cvat_server_that_refuses_the_token_or_lacks_the_task_is_permanent(wor
         assert "wrong-secret-token" not in line  # never echoed
         _refused(_run(workdir, ["run", "--task-id", "43"], env), 4, "--task-id 43", "not found")
         assert _tree(workdir) == before
+
+
+def test_cvat_cli_flags_reach_the_server_and_credentials_are_never_echoed(workdir, tmp_path_factory):
+    """cvat-cli's flags (--server-host, --auth USER with PASS, --org, --ca-bundle, --insecure) drive the
+    check before the run: a task the server lacks is refused as not found, so the login went through."""
+    task = FakeTask(id=42, labels=[], frames=[], organization="acme")
+    before = _tree(workdir)
+    with cvat_server(task) as env:
+        flags = ["run", "--task-id", "43", "--server-host", env["CVAT_HOST"], "--auth", USERNAME]
+        _refused(_run(workdir, [*flags, "--org", "acme"], {"PASS": PASSWORD}), 4, "--task-id 43", "not found")
+        assert task.org_contexts[-1] == "acme"
+        _refused(_run(workdir, [*flags, "--org", "nope"], {"PASS": PASSWORD}), 2, "no such organization", "--org")
+        line = _refused(_run(workdir, flags, {"PASS": "wrong-s3cret-pw"}), 2, "refused the login (HTTP 400)", "--auth")
+        assert "wrong-s3cret-pw" not in line
+        line = _refused(_run(workdir, [*flags[:-1], f"{USERNAME}:wrong-s3cret-pw"]), 2, "refused the login")
+        assert "wrong-s3cret-pw" not in line
+    tls = tmp_path_factory.mktemp("tls")  # outside the user's folder, which must stay as it was
+    with cvat_server(task, tls_dir=tls) as env:
+        flags = ["run", "--task-id", "43", "--server-host", env["CVAT_HOST"].removeprefix("https://")]
+        token = {"CVAT_ACCESS_TOKEN": env["CVAT_ACCESS_TOKEN"]}
+        _refused(_run(workdir, flags, token), 2, "CERTIFICATE_VERIFY_FAILED", "--ca-bundle", "--insecure")
+        _refused(_run(workdir, [*flags, "--ca-bundle", str(tls / "ca.pem")], token), 4, "not found")
+        result = _run(workdir, [*flags, "--insecure"], token)
+        warning, refusal = result.stderr.strip().splitlines()
+        assert warning.startswith("warning: CVAT at https://127.0.0.1:") and "not verified (--insecure or CVAT_INSECURE=1)" in warning
+        assert result.returncode == 4 and "not found" in refusal and "Traceback" not in result.stderr
+    assert _tree(workdir) == before
 
 
 def test_a_cvat_server_that_does_not_answer_is_an_outage(workdir):

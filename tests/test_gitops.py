@@ -19,6 +19,8 @@ from support.argo_validation import assert_valid, schema_errors
 REPO = Path(__file__).resolve().parent.parent
 BASE = REPO / "workflow_templates"
 OVERLAY = REPO / "examples" / "gitops-overlay"
+# Optional keys the example overlay leaves out: a private CA's PEM file (a `files:` line to uncomment).
+LEFT_TO_THE_USER = {("cvat-credentials", "ca-bundle")}
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: `kubectl kustomize` builds the "
                                                            "base and the overlay")
@@ -98,6 +100,8 @@ def test_overlay_builds_the_secrets_namespace_and_repository(overlay: Path):
                 source = env["valueFrom"]
                 if "secretKeyRef" in source:
                     ref = source["secretKeyRef"]
+                    if (ref["name"], ref["key"]) in LEFT_TO_THE_USER:
+                        continue
                     assert ref["key"] in secrets[ref["name"]], (step["name"], env["name"])
                 else:
                     ref = source["configMapKeyRef"]

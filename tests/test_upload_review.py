@@ -22,6 +22,7 @@ from cvat_argo.cvat.server import connect
 from cvat_argo.engines import artifacts
 from cvat_argo.engines.local import LocalRun
 from cvat_argo.engines.pipeline import build_pipeline
+from cvat_argo.entry import run_step
 from cvat_argo.errors import CvatArgoError, DatasetError, TransientError
 from cvat_argo.formats.annotations import ImageRecord, Shape
 from cvat_argo.formats.label_map import write_labels_json
@@ -368,7 +369,7 @@ def test_a_broken_or_foreign_ledger_stops_the_stage_before_anything_changes(tmp_
         ledger = tmp_path / "ledger.json"
         ledger.write_text(content.replace("HOST", env["CVAT_HOST"]))
         written = ledger.read_bytes()
-        code = step.run_step(step.main, ["--model", str(model), "--dataset", str(dataset), "--out",
+        code = run_step(step.main, ["--model", str(model), "--dataset", str(dataset), "--out",
                                          str(tmp_path / "out"), "--cvat-task-id", "7", "--ledger", str(ledger)])
     error = capsys.readouterr().err.strip()
     assert code == DatasetError.exit_code and error.count("\n") == 0

@@ -39,6 +39,15 @@ PATCH or PUT then also needs the ``X-CSRFToken`` header, as Django checks it). T
   given them, else null as for a plain range; the task's ``deleted_frames`` within the job).
 
 Any other path, or another task's id, is a 404 like CVAT's.
+
+Organizations are modelled as CVAT's IAM treats a member who neither owns the task nor is assigned to
+it: the request's organization context is the ``org`` query parameter or the ``X-Organization``
+header (both, with different values: a 400; a slug the server lacks: a 404 "... organization does not
+exist.", as ``get_organization`` answers). A task of an organization (``FakeTask.organization``) is
+read by id in any context, but the lists filtered by it (``/api/jobs``, ``/api/labels``) are empty
+outside that organization's context, as the sandbox filter leaves them. ``FakeTask.org_contexts``
+records each authenticated request's context (None: none given). ``cvat_server(task, tls_dir=...)``
+serves https with a throwaway CA written to ``tls_dir / "ca.pem"``.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
@@ -83,6 +93,8 @@ class FakeTask:
     chunk_size: int = 72  # frames per data chunk (CVAT's data_chunk_size)
     patch_failures: dict[int, int] = field(default_factory=dict)  # n-th PATCH (1-based): HTTP status to fail with
     next_id: int = 1000  # ids of created objects: never reused, as a database sequence
+    organization: str | None = None  # the slug of the organization the task belongs to (None: a personal task)
+    org_contexts: list[str | None] = field(default_factory=list)  # each authenticated request's org context
 
     @property
     def patches(self) -> list[dict[str, Any]]:
@@ -118,7 +130,8 @@ def task_read(task: FakeTask, host: str) -> dict[str, Any]:
         "data_chunk_size": task.chunk_size, "data_compressed_chunk_type": "imageset",
         "data_original_chunk_type": "imageset",
         "guide_id": None, "size": len(task.frames), "image_quality": 70, "data": task.id, "dimension": "2d",
-        "subset": "", "organization": None, "target_storage": None, "source_storage": None,
+        "subset": "", "organization": 1 if task.organization else None, "target_storage": None,
+        "source_storage": None,
         "jobs": {"count": len(task.jobs), "completed": completed, "validation": validation,
                  "url": f"{host}/api/jobs?task_id={task.id}"},
         "labels": {"url": f"{host}/api/labels?task_id={task.id}"},
@@ -359,11 +372,16 @@ def _handler(task: FakeTask):
             if refusal:
                 return self._answer(*refusal)
             query = parse_qs(url.query)
+            org, refusal = self._organization(query)
+            if refusal:
+                return self._answer(*refusal)
+            task.org_contexts.append(org)
+            in_context = org == task.organization or (org is None and task.organization is None)
             host = f"http://{self.headers.get('Host')}"
             base = f"/api/tasks/{task.id}"
             if method == "GET" and url.path == "/api/labels" and query.get("task_id") == [str(task.id)]:
-                return self._answer(200, {"count": len(task.labels), "next": None, "previous": None,
-                                          "results": task.labels})
+                labels = task.labels if in_context else []
+                return self._answer(200, {"count": len(labels), "next": None, "previous": None, "results": labels})
             if method == "POST" and url.path == "/api/auth/logout":
                 return self._answer(200, {"detail": "Successfully logged out."})
             if method == "GET" and url.path == f"{base}/data/meta":
@@ -388,6 +406,8 @@ def _handler(task: FakeTask):
                     "Content-Type": "application/zip",
                     "Content-Disposition": f'attachment; filename="task_{task.id}_dataset.zip"'})
             if method == "GET" and url.path == "/api/jobs" and query.get("task_id") == [str(task.id)]:
+                if not in_context:
+                    return self._answer(200, {"count": 0, "next": None, "previous": None, "results": []})
                 return self._jobs(int(query.get("page", ["1"])[0]), host, url.path, query)
             jobs = {f"/api/jobs/{j['id']}/data/meta": j for j in task.jobs}
             if method == "GET" and url.path in jobs:
@@ -477,6 +497,17 @@ def _handler(task: FakeTask):
                 return 403, {"detail": "CSRF Failed: CSRF token missing."}
             return None
 
+        def _organization(self, query: dict[str, list[str]]) -> tuple[str | None, tuple[int, Any] | None]:
+            """The request's organization context (None: none, "": the personal workspace), or CVAT's refusal."""
+            param, header = query.get("org", [None])[0], self.headers.get("X-Organization")
+            if param is not None and header is not None and param != header:
+                return None, (400, ['You cannot specify "org" query parameter and "X-Organization" HTTP header '
+                                    'with different values.'])
+            slug = param if param is not None else header
+            if slug and slug != task.organization:
+                return None, (404, {"detail": f"{slug} organization does not exist."})
+            return slug, None
+
         def _login(self, body: dict[str, Any]) -> None:
             if (body.get("username"), body.get("password")) != (USERNAME, PASSWORD):
                 return self._answer(400, {"non_field_errors": ["Unable to log in with provided credentials."]})
@@ -544,13 +575,31 @@ def _handler(task: FakeTask):
 
 
 @contextmanager
-def cvat_server(task: FakeTask) -> Iterator[dict[str, str]]:
-    """Serve ``task``; yields the environment a stage needs (CVAT_HOST, CVAT_ACCESS_TOKEN)."""
+def cvat_server(task: FakeTask, tls_dir: Path | None = None) -> Iterator[dict[str, str]]:
+    """Serve ``task``; yields the environment a stage needs (CVAT_HOST, CVAT_ACCESS_TOKEN).
+
+    With ``tls_dir``, over https with a certificate for 127.0.0.1 signed by a throwaway CA, whose PEM
+    file is ``tls_dir / "ca.pem"`` (the environment names no CA: a client must be given it).
+    """
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(task))
+    scheme = "http"
+    if tls_dir is not None:
+        import ssl
+
+        from .fake_argo_server import _write_tls_files
+
+        tls_dir.mkdir(parents=True, exist_ok=True)
+        _ca_file, cert_file, key_file = _write_tls_files(tls_dir)  # the CA: tls_dir / "ca.pem"
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        # the handshake in the request thread: a client that refuses the certificate cannot stall accept()
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        server.handle_error = lambda *_: None  # a client that refuses the certificate is what a test wants
+        scheme = "https"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield {"CVAT_HOST": f"http://127.0.0.1:{server.server_address[1]}", "CVAT_ACCESS_TOKEN": TOKEN}
+        yield {"CVAT_HOST": f"{scheme}://127.0.0.1:{server.server_address[1]}", "CVAT_ACCESS_TOKEN": TOKEN}
     finally:
         server.shutdown()
         server.server_close()

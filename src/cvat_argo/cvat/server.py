@@ -1,19 +1,19 @@
 """A live CVAT server through cvat-sdk: connect with credentials from the environment, export a task.
 
 ``CVAT_HOST`` names the server; ``CVAT_ACCESS_TOKEN`` (a personal access token) or
-``CVAT_USERNAME`` + ``CVAT_PASSWORD`` authenticate. In the cluster they come from the
-``cvat-credentials`` Secret. Credentials never appear in messages.
+``CVAT_USERNAME`` + ``CVAT_PASSWORD`` authenticate; ``CVAT_ORG``, ``CVAT_CA_BUNDLE`` and
+``CVAT_INSECURE`` say where and how (:mod:`cvat_argo.cvat.connection` owns these rules and cvat-cli's
+flags). In the cluster they come from the ``cvat-credentials`` Secret. Credentials never appear in
+messages.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..errors import CvatArgoError, DatasetError, TransientError
 
@@ -23,52 +23,10 @@ REVIEWED_STAGES = ("validation", "acceptance")
 
 
 def connect(env: Mapping[str, str] | None = None, *, needs: str = "a live CVAT task"):
-    """A logged-in cvat-sdk client for ``CVAT_HOST`` with the environment's credentials.
+    """A logged-in cvat-sdk client for the server ``env`` names (see :mod:`cvat_argo.cvat.connection`)."""
+    from .connection import require
 
-    The SDK's server-version check is off: cvat-sdk 2.80 refuses older servers outright, while the
-    few endpoints used here have been stable for years (their answers are read leniently).
-    """
-    env = os.environ if env is None else env
-    host = (env.get("CVAT_HOST") or "").strip()
-    if not host:
-        raise CvatArgoError("no CVAT server: set CVAT_HOST (and CVAT_ACCESS_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD)")
-    _check_host(host)
-    try:
-        from cvat_sdk import Client
-        from cvat_sdk.core.client import AccessTokenCredentials
-    except ImportError:
-        raise CvatArgoError(f"{needs} needs cvat-sdk: pip install 'cvat-argo[cvat]'") from None
-    token, user, password = env.get("CVAT_ACCESS_TOKEN"), env.get("CVAT_USERNAME"), env.get("CVAT_PASSWORD")
-    if not token and not (user and password):
-        raise CvatArgoError(f"no CVAT credentials for {host}: set CVAT_ACCESS_TOKEN, or CVAT_USERNAME and "
-                            "CVAT_PASSWORD")
-    try:
-        client = Client(host if "://" in host else f"https://{host}", check_server_version=False)
-        client.login(AccessTokenCredentials(token) if token else (user, password))
-        return client
-    except Exception as exc:
-        if getattr(exc, "status", None) == 400:  # CVAT's answer to a wrong user name or password
-            raise CvatArgoError(f"CVAT at {host} refused the login (HTTP 400): check CVAT_USERNAME and "
-                                "CVAT_PASSWORD") from None
-        raise readable_error(exc, host, "login") from None
-
-
-def _check_host(host: str) -> None:
-    """``CVAT_HOST`` is ``host[:port]`` (https is tried) or an http(s):// URL; anything else is refused now.
-
-    Credentials inside the address (``user:pass@host``) are refused without echoing the address: they
-    would end up in logs, reports and the ledger's key.
-    """
-    url = urlsplit(host if "://" in host else f"https://{host}")
-    if "@" in url.netloc:
-        raise CvatArgoError("CVAT_HOST holds credentials (user:password@host): give the bare address and set "
-                            "CVAT_ACCESS_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD")
-    try:
-        port_ok = url.port is None or 0 < url.port < 65536
-    except ValueError:
-        port_ok = False
-    if url.scheme not in ("http", "https") or not url.hostname or not port_ok or any(c.isspace() for c in host):
-        raise CvatArgoError(f"CVAT_HOST {host!r} is not a server address: use host[:port] or http(s)://host[:port]")
+    return require(env).connect(needs)
 
 
 def readable_error(exc: Exception, host: str, what: str) -> CvatArgoError:
@@ -80,6 +38,9 @@ def readable_error(exc: Exception, host: str, what: str) -> CvatArgoError:
     if tls:
         bare = host.split("://", 1)[-1]
         hint = (f"the server speaks plain HTTP: set CVAT_HOST=http://{bare}" if tls == "WRONG_VERSION_NUMBER"
+                else "give the CA that signed the server's certificate (--ca-bundle FILE or CVAT_CA_BUNDLE), or "
+                "skip the check for a self-signed server (--insecure or CVAT_INSECURE=1)"
+                if tls == "CERTIFICATE_VERIFY_FAILED"
                 else f"check the server's certificate, or set CVAT_HOST=http://{bare} if it speaks plain HTTP")
         return CvatArgoError(f"CVAT at {host}: {what} failed in the TLS handshake ({tls}): {hint}")
     if type(exc).__name__ == "BackgroundRequestException":  # the server ran the export and it failed there
@@ -88,7 +49,12 @@ def readable_error(exc: Exception, host: str, what: str) -> CvatArgoError:
         return TransientError(f"CVAT at {host}: {what} failed on the server{said}: will retry")
     if status in (401, 403):
         return CvatArgoError(f"CVAT at {host} refused {what} (HTTP {status}): check CVAT_ACCESS_TOKEN or "
-                             "CVAT_USERNAME/CVAT_PASSWORD and the user's rights on the task")
+                             "CVAT_USERNAME/CVAT_PASSWORD (--auth), the user's rights on the task and the "
+                             "organization (--org, CVAT_ORG)")
+    if status == 404 and "organization does not exist" in str(getattr(exc, "body", "") or ""):
+        # CVAT's answer to an X-Organization slug it lacks (cvat/apps/iam: get_organization)
+        return CvatArgoError(f"CVAT at {host}: {what}: the server has no such organization (HTTP 404): check "
+                             "--org or CVAT_ORG (the organization's short name; '' for the personal workspace)")
     if status == 404:
         return DatasetError(f"CVAT at {host}: {what}: not found (HTTP 404)")
     if status is None or status >= 500:

@@ -318,13 +318,13 @@ def _task_labels(options: Options, model_labels: Sequence[str], client: Any, tas
 def _upload_target(options: Options) -> tuple[Any, int | None, str | None]:
     """(client, task id, note): a client only when a server and a task are both known."""
     task_id = options.cvat_task_id if options.cvat_task_id is not None else task_id_from_dataset(options.dataset)
-    if not options.env.get("CVAT_HOST"):
+    from ..cvat import connection
+
+    if not connection.configured(options.env):
         return None, task_id, "not uploaded: CVAT_HOST is not set"
     if task_id is None:
         return None, None, "not uploaded: no task id (give --cvat-task-id)"
-    from ..cvat.server import connect
-
-    return connect(options.env, needs="uploading to CVAT"), task_id, None
+    return connection.require(options.env).connect("uploading to CVAT"), task_id, None
 
 
 def _open_ledger(options: Options, client: Any, task_id: int | None) -> tuple[Any, str]:
