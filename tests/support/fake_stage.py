@@ -3,7 +3,9 @@
 ``python -m support.fake_stage --stage NAME --out DIR [--in DIR ...]`` writes ``DIR/data.txt`` (its
 stage name, a token and what its inputs held) and ``DIR/../pid`` (its process id). What it does
 besides is read from ``CVAT_ARGO_FAKE_PLAN``, a JSON object by stage name: ``{"sleep": seconds}``
-before writing, ``{"exit": code}`` instead of writing, ``{"token": text}`` to make its output differ.
+before writing, ``{"exit": code}`` instead of writing, ``{"token": text}`` to make its output differ,
+``{"steps": n, "step_seconds": s}`` to train for ``n`` steps first: each prints a noisy log line (the
+kind TensorFlow prints) and reports progress through :func:`cvat_argo.progress.emit`, as ``train`` does.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import time
 from pathlib import Path
 
 from cvat_argo.entry import run_step
+from cvat_argo.progress import emit
 
 PLAN_ENV = "CVAT_ARGO_FAKE_PLAN"
+#: A log line no person should see in the engine's progress output.
+NOISE = "did you forget to provide a loss argument?"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     (ns.out.parent / "pid").write_text(str(os.getpid()))
     print(f"{ns.stage}: started", flush=True)
     time.sleep(float(plan.get("sleep", 0)))
+    steps = int(plan.get("steps", 0))
+    for step in range(1, steps + 1):
+        print(f"W0000 tensorflow/core/noise.cc:42] {NOISE} (step {step})", flush=True)
+        time.sleep(float(plan.get("step_seconds", 0)))
+        emit("train", step, steps, "step", loss=1.0 / step)
+    if steps:
+        emit("train", steps, steps, "step", force=True, AP50=0.875)
     if "exit" in plan:
         print(f"{ns.stage}: exiting {plan['exit']} as planned", file=sys.stderr, flush=True)
         return int(plan["exit"])

@@ -25,6 +25,9 @@ The engine supervises its stages:
   ever: the same id with the same request is a resume, with another request a refusal.
 
 Like Argo's exit handler, ``record-status`` runs at the end whatever happened.
+
+A stage's output goes to its ``log.txt`` only; a person sees its progress events instead (each stage
+gets ``CVAT_ARGO_EVENTS``, the ``events.jsonl`` in its folder), drawn by :class:`.console.Reporter`.
 """
 from __future__ import annotations
 
@@ -51,11 +54,13 @@ from typing import Any
 
 from ..entry import ENGINE_PID_ENV
 from ..errors import CvatArgoError, StageFailed, StageStopped, TransientError, one_line
+from ..progress import EVENTS_ENV, STAGE_ENV, EventTail
 from ..request.catalog import Catalog, ResolvedRequest, resolve_request
 from ..request.spec import TrainingRequest
 from ..storage.digest import file_sha256
 from ..storage.store import S3Store, store_from_url
 from . import artifacts, preflight
+from .console import Reporter
 from .pipeline import PLACEHOLDER, TRANSIENT_EXIT_CODE, Pipeline, Stage, build_pipeline
 
 TAIL_LINES = 20
@@ -251,7 +256,7 @@ class Supervisor:
 
 
 class StageProcess:
-    """One stage's subprocess: log file, the last lines for errors and the live status line."""
+    """One stage's subprocess: its log file, the last lines for errors, and its progress events."""
 
     def __init__(self, run: LocalRun, stage: Stage, env: Mapping[str, str], status: str = "Running",
                  failures: str = "", supervisor: Supervisor | None = None):
@@ -260,8 +265,10 @@ class StageProcess:
         self.env = dict(env)
         self.supervisor = supervisor or Supervisor()
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self.last_line = ""
         self.log_path = run.stage_dir(stage.name) / artifacts.STAGE_LOG
+        events_path = run.stage_dir(stage.name) / artifacts.STAGE_EVENTS
+        self.env.update({EVENTS_ENV: str(events_path.resolve()), STAGE_ENV: stage.name})
+        self.events = EventTail(events_path)  # what this attempt reports, not an earlier attempt's events
 
     def execute(self) -> int:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +284,6 @@ class StageProcess:
                     text = line.rstrip()
                     if text:
                         self.tail.append(text)
-                        self.last_line = text
                 return process.wait()
             finally:
                 if process.poll() is None:  # the engine failed while reading: the stage goes with it
@@ -296,35 +302,6 @@ def _step_env(run: LocalRun) -> dict[str, str]:
     else:
         env.pop("CVAT_ARGO_STORE", None)  # a local run resumes from its own folders
     return env
-
-
-class Reporter:
-    """A live line per running stage in a terminal; plain start/finish lines (and a heartbeat) otherwise."""
-
-    def __init__(self, stream=None, heartbeat: float = 30.0):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.heartbeat = heartbeat
-        self._lock = threading.Lock()
-
-    def say(self, text: str) -> None:
-        with self._lock:
-            if self.tty:
-                self.stream.write("\r\033[K")
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
-    def live(self, processes: list[tuple[StageProcess, float]]) -> None:
-        now = time.monotonic()
-        parts = [f"[{p.stage.name} {_clock(now - started)}] {p.last_line[-70:]}" for p, started in processes]
-        with self._lock:
-            if self.tty:
-                self.stream.write("\r\033[K" + "  ".join(parts)[: shutil.get_terminal_size().columns - 1])
-                self.stream.flush()
-            else:
-                for part in parts:
-                    self.stream.write(part + "\n")
-                self.stream.flush()
 
 
 def _clock(seconds: float) -> str:
@@ -441,7 +418,10 @@ def execute(run: LocalRun, *, reporter: Reporter | None = None, resume: bool = F
     reporter = reporter or Reporter()
     supervisor = Supervisor()
     with _run_lock(run.root), _stop_on_signals(supervisor, reporter):
-        done = _schedule(run, reporter, supervisor, resume, on_stage_done)
+        try:
+            done = _schedule(run, reporter, supervisor, resume, on_stage_done)
+        finally:
+            reporter.close()
         run.results = done
         run.stopped_by = supervisor.stopping
         _exit_step(run, _step_env(run), done)
@@ -472,7 +452,6 @@ def _schedule(run: LocalRun, reporter: Reporter, supervisor: Supervisor, resume:
         if on_stage_done:
             on_stage_done(result)
 
-    last_beat = time.monotonic()
     while pending or threads:
         with lock:
             failed = next((r for r in done.values() if r.status == "failed"), None)
@@ -501,9 +480,7 @@ def _schedule(run: LocalRun, reporter: Reporter, supervisor: Supervisor, resume:
                 with lock:  # a worker cannot die without a result, but the engine never waits on one that did
                     done.setdefault(name, StageResult(name, "failed", error="the engine's worker ended without "
                                                                                "a result"))
-        if time.monotonic() - last_beat >= (1.0 if reporter.tty else reporter.heartbeat) and running:
-            reporter.live(list(running.values()))
-            last_beat = time.monotonic()
+        reporter.live([(name, process.events, started) for name, (process, started) in list(running.items())])
         time.sleep(0.2)
     for stage in pending:
         done.setdefault(stage.name, StageResult(stage.name, "not run"))

@@ -62,10 +62,20 @@ from ..export.thresholds import (
 )
 from ..formats.label_map import write_labels_json
 from ..inference.serving import load_detector
+from ..progress import emit
 
 #: Model Garden's default lowest score of a returned detection (``pre_nms_score_threshold``).
 DEFAULT_SCORE_THRESHOLD = 0.05
 DEFAULT_SELF_TEST_IMAGES = 8
+
+
+#: What convert reports as its progress (phase i of 4, and "converted" at the end).
+PHASES = ("exporting the model", "self-testing the exports", "choosing score thresholds", "publishing the model",
+          "converted")
+
+
+def _phase(index: int) -> None:
+    emit(PHASES[index], index, len(PHASES) - 1, "phase")
 
 
 def run(model: Path, dataset: Path, out: Path, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
@@ -95,6 +105,7 @@ def run(model: Path, dataset: Path, out: Path, score_threshold: float = DEFAULT_
         tflite_export = TFLiteExportProcess(model, partial, score_threshold)
     try:
         config = load_export_config(trained, score_threshold)
+        _phase(0)
         print("exporting the SavedModel (image_tensor, boxes in original pixels)", flush=True)
         signature = export_saved_model(config, trained, partial)
         reference = ReferenceModel(config, trained.checkpoint)
@@ -123,12 +134,14 @@ def run(model: Path, dataset: Path, out: Path, score_threshold: float = DEFAULT_
     )
     manifest.write(partial)
 
+    _phase(1)
     print(f"self-test: {len(images)} validation images, checkpoint vs {', '.join(runtimes)}", flush=True)
     test = self_test(config, trained, partial, images, runtimes, expected=expected)
     check_self_test(test, partial)
     if not test["compared_detections"]:
         print(f"warning: no detection scored {score_threshold} or more on the self-test images, so the self-test "
               "compared nothing (an undertrained model?)", flush=True)
+    _phase(2)
     detector = load_detector(partial, "auto")  # what pre-annotate runs by default here
     thresholds = choose_thresholds(detector, dataset, labels, target_precision=target_precision,
                                    floor=threshold_floor, max_images=threshold_images)
@@ -144,7 +157,9 @@ def run(model: Path, dataset: Path, out: Path, score_threshold: float = DEFAULT_
     dataset_summary = optional_json(dataset / artifacts.DATASET_SUMMARY)
     card = model_card(document, metrics, dataset_summary, test, thresholds)
     (partial / artifacts.MODEL_CARD).write_text(card, encoding="utf-8")
+    _phase(3)
     publish(partial, out)
+    _phase(4)
     print(f"converted {trained.entry.name}: {', '.join(runtimes)} in {manifest.convert_seconds:.0f} s; "
           f"self-test ok ({test['compared_detections']} detections compared)", flush=True)
     return document
