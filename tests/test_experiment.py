@@ -258,7 +258,23 @@ def test_checkpoint_modules_come_from_the_catalog(dataset, tmp_path):
     plan = plan_for("frcnn-res50-coco", dataset, tmp_path, init_checkpoint="/ckpt/resnet50/ckpt-1")
     assert plan.config.task.init_checkpoint == "/ckpt/resnet50/ckpt-1"
     assert plan.config.task.init_checkpoint_modules == "backbone"
+    assert plan.restore.restored == ("backbone",)
+    assert plan.restore.fresh == ("decoder", "rpn_head", "detection_head")
     assert plan_for("frcnn-res50-coco", dataset, tmp_path).config.task.init_checkpoint is None
+
+
+def test_class_head_of_each_architecture(dataset, tmp_path):
+    """The layers whose shape depends on the class count, which 'all-but-class-head' starts fresh."""
+    from cvat_argo.training.restore import checkpoint_modules, class_head
+
+    retina = plan_for("retinanet-spinenet-mobile-coco", dataset, tmp_path).config
+    assert checkpoint_modules(retina) == ("backbone", "head")  # identity decoder: nothing to restore
+    assert class_head(retina) == ("head/_classifier",)
+    frcnn = plan_for("frcnn-res50-coco", dataset, tmp_path).config
+    assert class_head(frcnn) == ("detection_head/*/_classifier", "detection_head/*/_box_regressor")
+    masks = plan_for("maskrcnn-res50-coco", dataset, tmp_path).config
+    assert checkpoint_modules(masks)[-1] == "mask_head"
+    assert class_head(masks)[-1] == "mask_head/_mask_regressor"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -552,8 +568,9 @@ def test_ssd_trains_and_evaluates_with_run_experiment(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_all_modules_with_another_class_count_restores_backbone_and_decoder(dataset, tmp_path):
-    """Model Garden's 'all' fails on a class-count mismatch; we fall back to backbone + decoder."""
+def test_all_modules_with_another_class_count_restores_all_but_the_class_head(dataset, tmp_path):
+    """Model Garden's 'all' fails on a class-count mismatch; we restore all but the class head
+    (variable by variable in tests/test_restore.py); Model Garden's own field keeps a safe subset."""
     entry = CATALOG.model("ssd-mobilenet-v2-coco")
     restore_all = entry.model_copy(update={"checkpoint": entry.checkpoint.model_copy(update={"modules": "all"})})
     arguments = Arguments(input_size=128)
@@ -570,7 +587,8 @@ def test_all_modules_with_another_class_count_restores_backbone_and_decoder(data
     two_labels = write_tiny_dataset(tmp_path / "two", num_classes=2)
     other = build_experiment(restore_all, arguments, two_labels, model_dir=tmp_path / "other", init_checkpoint=checkpoint)
     assert other.config.task.init_checkpoint_modules == ["backbone", "decoder"]
-    assert "restoring the backbone and decoder only" in other.notes[0]
+    assert other.restore.mode == "all-but-class-head" and other.restore.fresh == ("head/_classifier",)
+    assert "restoring all but the class head" in other.notes[0]
     task, model = build_model(other)
     task.initialize(model)
     np.testing.assert_array_equal(model.backbone.weights[0].numpy(), source_model.backbone.weights[0].numpy())
@@ -592,4 +610,5 @@ def test_all_modules_with_another_class_count_restores_backbone_and_decoder(data
     swapped = build_experiment(entry, arguments, dataset, model_dir=tmp_path / "swapped", init_checkpoint=checkpoint,
                                init_modules="all", checkpoint_labels=("ellipse", "rectangle", "triangle"))
     assert swapped.config.task.init_checkpoint_modules == ["backbone", "decoder"]
+    assert swapped.restore.mode == "all-but-class-head" and again.restore.mode == "all"
     assert "trained on the labels ellipse, rectangle, triangle" in swapped.notes[0]

@@ -9,6 +9,7 @@ backbone a seed name promises, ``stand_in`` says what is used instead and why.
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -16,6 +17,20 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ..engines.artifacts import STAGE_NAMES
+
+#: What a base checkpoint restores (``checkpoint.modules``); everything else starts fresh. The class head
+#: is the layers whose shape depends on the class count (RetinaNet's ``head/_classifier``, Faster/Mask
+#: R-CNN's ``detection_head/*/_classifier``, box regressor and mask regressor when they are per class):
+#: a COCO detector's 91 classes never fit a task's labels, so 'all-but-class-head' is how a COCO-trained
+#: detector starts. Applied by :mod:`cvat_argo.training.restore`.
+RestoreMode = Literal["backbone", "backbone+decoder", "all-but-class-head", "all"]
+RESTORE_MODES: dict[str, str] = {
+    "backbone": "the backbone (an ImageNet classifier's weights); decoder and heads start fresh",
+    "backbone+decoder": "the backbone and the feature pyramid; the heads start fresh",
+    "all-but-class-head": "every layer the checkpoint has but the class head, which starts fresh",
+    "all": "every layer, class head included (the same labels in the same order)",
+}
+assert tuple(RESTORE_MODES) == typing.get_args(RestoreMode)
 
 
 class Checkpoint(BaseModel):
@@ -30,8 +45,9 @@ class Checkpoint(BaseModel):
         None, pattern=r"^[0-9a-f]{64}$",
         description="digest of the archive; None: not pinned (pull-base-model records the digest it saw)",
     )
-    modules: Literal["backbone", "all"] = Field(
-        "backbone", description="what to restore: the backbone only, or the whole model but the class head",
+    modules: RestoreMode = Field(
+        "backbone",
+        description="what to restore: " + "; ".join(f"{mode}: {what}" for mode, what in RESTORE_MODES.items()),
     )
     trained_on: str = Field("", description="what the weights were trained on, for the catalog table")
     max_bytes: int | None = Field(
