@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cvat_argo.engines import artifacts
 from cvat_argo.errors import CvatArgoError, TransientError
 from cvat_argo.storage.store import LocalStore, Store, minio_client, store_from_url
 from cvat_argo.training.sync import CheckpointSync, restore
@@ -211,6 +212,35 @@ def test_files_removed_by_the_checkpoint_manager_are_not_failures(tmp_path):
     assert store.fired and sync.failures == 0
     assert sync.newest_files() == ["ckpt-2.data-00000-of-00001", "ckpt-2.index", "checkpoint"]
     assert {"ckpt-2.index", "ckpt-2.data-00000-of-00001", "checkpoint"} <= set(store.list(KEY))
+
+
+def test_event_files_travel_with_the_checkpoints_and_come_back_after_a_retry(s3_server, tmp_path):  # noqa: F811
+    """TensorBoard's runs live beside the checkpoints; a retried pod gets them back with the checkpoints,
+    so its sidecar, metrics.json and plot show the whole run, not just the part since the retry."""
+    bucket = _bucket(s3_server)
+    store = store_from_url(f"s3://{bucket}/prefix", s3_server)
+    pod = tmp_path / "pod-1" / "model"
+    train = pod / artifacts.TRAIN_EVENTS / "events.out.tfevents.1700000000.pod-1.17.0.v2"
+    validation = pod / artifacts.VALIDATION_EVENTS / "events.out.tfevents.1700000001.pod-1.17.1.v2"
+    train.parent.mkdir(parents=True)
+    train.write_bytes(os.urandom(300))
+    (pod / artifacts.TRAIN_EVENTS / "notes.txt").write_text("not an event file")
+    with CheckpointSync(pod, store, KEY, interval=3600) as sync:
+        write_checkpoint(pod, 1)
+        sync.sync()
+        with train.open("ab") as handle:  # the writer appends: the grown file must replace the stored one
+            handle.write(os.urandom(200))
+        validation.parent.mkdir()
+        validation.write_bytes(os.urandom(100))
+        write_checkpoint(pod, 2)
+    events = {f"{artifacts.TRAIN_EVENTS}/{train.name}", f"{artifacts.VALIDATION_EVENTS}/{validation.name}"}
+    assert events <= set(store.list(KEY)) and not any(n.endswith("notes.txt") for n in store.list(KEY))
+
+    retried = tmp_path / "pod-2" / "model"  # a new pod: an empty disk
+    assert restore(store, KEY, retried) == len(events) + 5  # 2 checkpoints x (index + data) + the state file
+    for name in events:
+        assert (retried / name).read_bytes() == (pod / name).read_bytes(), name
+    assert (retried / "checkpoint").read_bytes() == (pod / "checkpoint").read_bytes()
 
 
 # ------------------------------------------------------------------------------------- the proxy

@@ -88,6 +88,7 @@ PRE_ANNOTATIONS_GRID = "pre-annotations.png"
 QUICKSTART_SCORE = "quickstart-score.json"
 STAGE_MANIFEST = "manifest.json"
 STAGE_LOG = "log.txt"
+STAGE_EVENTS = "events.jsonl"  # the stage's progress events (see cvat_argo.progress), beside its log
 STORE_PROBE = ".cvat-argo-probe-{token}"  # the object `run` puts and deletes to test an s3:// store first
 
 
@@ -243,6 +244,9 @@ class TrainedModelManifest(Manifest):
     input_size: int
     num_classes: int  # labels + background
     arguments: str = ""  # the training arguments as given (epochs=...,batch_size=...)
+    # what the base checkpoint restored: {mode, checkpoint, restored: [modules], fresh: [modules, layers]};
+    # None: trained from scratch (cvat_argo.training.restore.RestorePlan)
+    restored: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

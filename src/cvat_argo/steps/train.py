@@ -21,16 +21,11 @@ from typing import Any
 
 from ..engines import artifacts
 from ..entry import run_tensorflow_step
-from ..errors import ArgumentError, CvatArgoError, DatasetError
+from ..errors import CvatArgoError, DatasetError
+from ..progress import emit
 from ..request.catalog import entry_from_parameters
 from ..request.spec import Arguments
 from ..storage.store import store_from_env
-
-
-def visible_gpus() -> int:
-    import tensorflow as tf
-
-    return len(tf.config.list_physical_devices("GPU"))
 
 
 def base_checkpoint(base_model: Path | None) -> dict[str, Any]:
@@ -43,13 +38,13 @@ def base_checkpoint(base_model: Path | None) -> dict[str, Any]:
 
 
 def _strategy(plan):
-    import tensorflow as tf
-    from official.common import distribute_utils
+    from ..training.replicas import distribution_strategy
 
-    if plan.config.runtime.distribution_strategy == "mirrored":
-        return distribute_utils.get_distribution_strategy(distribution_strategy="mirrored",
-                                                          num_gpus=plan.config.runtime.num_gpus)
-    return tf.distribute.OneDeviceStrategy("/cpu:0")
+    strategy = distribution_strategy(plan.config.runtime, plan.num_clones)
+    if strategy.num_replicas_in_sync > 1:
+        devices = ", ".join(name.rsplit("/", 1)[-1] for name in strategy.extended.worker_devices)
+        print(f"MirroredStrategy over {strategy.num_replicas_in_sync} replicas ({devices})", flush=True)
+    return strategy
 
 
 def train(plan, out: Path) -> None:
@@ -57,7 +52,9 @@ def train(plan, out: Path) -> None:
     import tensorflow as tf
     from official.core import task_factory, train_lib
 
+    from ..training import restore
     from ..training.experiment import set_precision_policy
+    from ..training.reporting import reporting_controller
 
     set_precision_policy(plan)
     strategy = _strategy(plan)
@@ -68,9 +65,13 @@ def train(plan, out: Path) -> None:
     # spares converting some 300 functions' source: the first step and evaluation start ~4 s sooner.
     task.train_step = tf.autograph.experimental.do_not_convert(task.train_step)
     task.validation_step = tf.autograph.experimental.do_not_convert(task.validation_step)
+    # The base checkpoint is restored by the catalog's restore mode (Model Garden's own initialize knows
+    # no 'all-but-class-head'); Orbit calls this only when the model folder has no checkpoint yet.
+    task.initialize = restore.initializer(plan.restore)
     try:
         train_lib.run_experiment(distribution_strategy=strategy, task=task, mode="train_and_eval",
-                                 params=plan.config, model_dir=str(out))
+                                 params=plan.config, model_dir=str(out),
+                                 controller_cls=reporting_controller(plan.total_steps))
     except tf.errors.ResourceExhaustedError:
         smaller = max(plan.num_clones, plan.global_batch // 2)
         raise CvatArgoError(
@@ -83,7 +84,8 @@ def train(plan, out: Path) -> None:
 def describe(plan) -> str:
     precision = plan.mixed_precision or "float32"
     return (f"{plan.epochs} epochs x {plan.steps_per_epoch} steps = {plan.total_steps} steps; global batch "
-            f"{plan.global_batch} ({plan.per_replica_batch} per replica x {plan.num_clones}); input "
+            f"{plan.global_batch} ({plan.per_replica_batch} per replica x {plan.num_clones}"
+            f"{f' x {plan.workers} workers' if plan.workers > 1 else ''}); input "
             f"{plan.input_size}px; {len(plan.labels)} labels; {precision}; warm-up {plan.warmup_steps} steps")
 
 
@@ -113,23 +115,26 @@ def latest_step(out: Path) -> int:
 def run(model: str, model_spec: str, args: str, dataset: Path, base_model: Path | None, out: Path,
         resume_key: str = "", overrides: Sequence[str] = (), eval_every_steps: int | None = None,
         checkpoint_every_steps: int | None = None, sync_every_seconds: float = 15.0) -> dict[str, Any]:
-    from ..training import sync
+    from ..training import cluster, sync
     from ..training.experiment import build_experiment, save_config
     from ..training.metrics import summarize
+    from ..training.replicas import check_devices, visible_devices
 
     entry = entry_from_parameters(model, model_spec)
     arguments = Arguments.parse(args)
     if not dataset.is_dir():  # before TensorFlow loads (seconds) and before --out is made
         raise DatasetError(f"--dataset {dataset} is not a folder (expected the create-dataset stage's output)")
-    gpus = visible_gpus()
+    worker = cluster.configure()  # one of several pods (a JobSet): TF_CONFIG, before TensorFlow starts
+    chief = worker is None or worker.is_chief
+    publish_store = store_from_env() if worker is not None and worker.publish_key and chief else None
+    if worker is not None and worker.publish_key and chief and publish_store is None:
+        raise CvatArgoError(f"worker 0 of {worker.count} must copy the model to the store, but CVAT_ARGO_STORE "
+                            "is not set (the cvat-argo-store ConfigMap)")
+    devices = visible_devices()  # before the store and --out: a pod with too few GPUs fails at once
+    check_devices(entry.name, entry.min_gpus, arguments.num_clones, devices)
+    gpus = devices.gpus
     if gpus == 0:
         print("no GPU visible: training on the CPU (slow for anything but small models and inputs)", flush=True)
-        if (arguments.num_clones or 1) > 1:
-            print(f"num_clones={arguments.num_clones} ignored: one CPU replica", flush=True)
-            arguments = arguments.model_copy(update={"num_clones": None})
-    elif arguments.num_clones and arguments.num_clones > gpus:
-        raise ArgumentError(f"num_clones={arguments.num_clones} but this pod sees {gpus} GPU(s): request "
-                            f"{arguments.num_clones} GPUs (the gpus parameter) or lower num_clones")
     out.mkdir(parents=True, exist_ok=True)
     store = store_from_env() if resume_key else None
     restored = sync.restore(store, resume_key, out) if store is not None and latest_step(out) == 0 else 0
@@ -137,22 +142,28 @@ def run(model: str, model_spec: str, args: str, dataset: Path, base_model: Path 
     if resumed_from:
         print(f"resuming from checkpoint ckpt-{resumed_from}" + (" (from the store)" if restored else ""), flush=True)
     plan = build_experiment(entry, arguments, dataset, model_dir=out, **base_checkpoint(base_model),
-                            gpus_available=gpus, overrides=overrides, eval_every_steps=eval_every_steps,
-                            checkpoint_every_steps=checkpoint_every_steps)
+                            gpus_available=gpus, cpu_replicas=devices.cpu_replicas, overrides=overrides,
+                            workers=worker.count if worker is not None else 1,
+                            eval_every_steps=eval_every_steps, checkpoint_every_steps=checkpoint_every_steps)
     save_config(plan)
     artifacts.TrainedModelManifest(
         model=entry.name, model_spec=entry.model_dump(mode="json"), experiment=entry.experiment,
         labels=list(plan.labels), input_size=plan.input_size, num_classes=plan.num_classes,
-        arguments=arguments.to_string(),
+        arguments=arguments.to_string(), restored=plan.restore.to_json() if plan.restore else None,
     ).write(out)
     print(f"{entry.name}: {describe(plan)}", flush=True)
+    emit("building the model", resumed_from, plan.total_steps, "step")
     started = time.monotonic()
-    if store is not None:
+    if store is not None and chief:  # only the chief's checkpoints are the model's (training/cluster.py)
         with sync.CheckpointSync(out, store, resume_key, interval=sync_every_seconds):
             train(plan, out)
     else:
         train(plan, out)
     seconds = time.monotonic() - started
+    if not chief:  # its folder holds no checkpoint and is not an output: the chief reports and publishes
+        print(f"worker {worker.index} of {worker.count} finished after {seconds:.0f} s", flush=True)
+        return {"model": entry.name, "worker": worker.index, "workers": worker.count,
+                "total_steps": plan.total_steps, "training_seconds": round(seconds, 1)}
     metrics = summarize(out, plan.labels)
     summary = {"model": entry.name, "arguments": arguments.to_string(), "epochs": plan.epochs,
                "total_steps": plan.total_steps, "global_batch": plan.global_batch, "num_clones": plan.num_clones,
@@ -160,6 +171,9 @@ def run(model: str, model_spec: str, args: str, dataset: Path, base_model: Path 
                "resumed_from_step": resumed_from, "final_step": latest_step(out), **metrics}
     artifacts.write_json(out / artifacts.METRICS, summary)
     write_report(out, plan, metrics, seconds, resumed_from)
+    if publish_store is not None and worker is not None:  # a JobSet: no Argo executor uploads the output
+        files = publish_store.put_dir(out, worker.publish_key, overwrite=True)
+        print(f"published {files} files to {publish_store.uri(worker.publish_key)}", flush=True)
     return summary
 
 

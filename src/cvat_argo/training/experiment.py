@@ -48,6 +48,7 @@ from cvat_argo.formats.tfrecord.example import BytesList, decode_example
 from cvat_argo.formats.tfrecord.records import read_records
 from cvat_argo.request.model_entry import ModelEntry
 from cvat_argo.request.spec import Arguments, batch_split_problem
+from cvat_argo.training.restore import MODEL_GARDEN_MODULES, RestorePlan, restore_plan
 
 if TYPE_CHECKING:
     import tf_keras
@@ -95,6 +96,7 @@ _MANAGED_KEYS = {
     "trainer.optimizer_config.learning_rate.cosine.initial_learning_rate": "use the initial_learning_rate argument",
     "runtime.num_gpus": "use the num_clones argument",
     "runtime.distribution_strategy": "it follows the GPUs of the machine",
+    "trainer.validation_summary_subdir": "metrics.json and the TensorBoard sidecar read the validation run there",
 }
 
 
@@ -118,6 +120,8 @@ class TrainingPlan:
     eval_batch: int
     validation_steps: int
     notes: tuple[str, ...] = ()  # what the builder changed from the request and why, for the run log
+    restore: RestorePlan | None = None  # what the base checkpoint restores; None: no checkpoint (from scratch)
+    workers: int = 1  # pods training together (MultiWorkerMirroredStrategy): num_clones * workers replicas
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,7 +234,8 @@ def _optimizer_config(entry: ModelEntry, learning_rate: float, total_steps: int,
 # The class-specific output layer of each architecture in a Model Garden checkpoint: RetinaNet's
 # ``head`` (in ``model.checkpoint_items``), Mask R-CNN's ``detection_head`` (one per cascade stage).
 _CLASS_HEAD_KEY = re.compile(r"(^|/)_?(head|detection_head/\d+)/_classifier/bias/\.ATTRIBUTES/VARIABLE_VALUE$")
-BACKBONE_AND_DECODER = ["backbone", "decoder"]
+#: Restore modes that need a checkpoint of a whole detector, not of a classifier's backbone.
+WHOLE_MODEL_MODES = ("all-but-class-head", "all")
 
 
 def _class_head_width(config: ExperimentConfig) -> int:
@@ -241,32 +246,28 @@ def _class_head_width(config: ExperimentConfig) -> int:
     return model.num_classes
 
 
-def _resolve_checkpoint_modules(config: ExperimentConfig, entry: ModelEntry, labels: Sequence[str],
-                                checkpoint_labels: Sequence[str] | None) -> str | None:
-    """Keep ``init_checkpoint_modules='all'`` only when the checkpoint's class head fits; return a note if not.
+def _resolve_checkpoint_modules(config: ExperimentConfig, entry: ModelEntry, mode: str, labels: Sequence[str],
+                                checkpoint_labels: Sequence[str] | None) -> tuple[str, str | None]:
+    """The restore mode the run can use (``mode``, or 'all-but-class-head' for 'all' when the class head
+    does not fit), and a note when it changed.
 
     An earlier run's model (``checkpoint_labels``) fits only with the same labels in the same order:
-    a head of the same width trained on other labels would start every class as another one.
-
-    With 'all', Model Garden restores every layer: RetinaNet reads ``model.checkpoint_items``
-    (backbone, decoder, head) and Mask R-CNN the whole ``model``, both with ``expect_partial()``,
-    which tolerates checkpoint values nothing asks for but not a shape mismatch: a checkpoint with
-    another class count fails when training starts with "Received incompatible tensor with shape
-    (36,) when attempting to restore variable with shape (27,)". Model Garden has no "all but the
-    class head", so then we restore what it can restore without it, the backbone and the decoder,
-    and the heads start fresh.
+    a head of the same width trained on other labels would start every class as another one. A
+    checkpoint with another class count (a COCO detector's 91) would fail Model Garden's own 'all' on
+    the first shape mismatch ("Received incompatible tensor with shape (36,) when attempting to restore
+    variable with shape (27,)"); 'all-but-class-head' restores every other layer and starts the class
+    head fresh (:mod:`cvat_argo.training.restore`).
     """
     import tensorflow as tf
 
     task = config.task
-    if not task.init_checkpoint or task.init_checkpoint_modules != "all":
-        return None
-    if checkpoint_labels is not None and tuple(checkpoint_labels) != tuple(labels):
-        task.init_checkpoint_modules = list(BACKBONE_AND_DECODER)
+    if not task.init_checkpoint or mode not in WHOLE_MODEL_MODES:
+        return mode, None
+    if mode == "all" and checkpoint_labels is not None and tuple(checkpoint_labels) != tuple(labels):
         note = (f"the base model was trained on the labels {', '.join(checkpoint_labels)}, this dataset has "
-                f"{', '.join(labels)}: restoring the backbone and decoder only, the detection heads start fresh")
+                f"{', '.join(labels)}: restoring all but the class head, which starts fresh")
         log.warning(note)
-        return note
+        return "all-but-class-head", note
     path = task.init_checkpoint
     try:
         if tf.io.gfile.isdir(path):
@@ -277,20 +278,19 @@ def _resolve_checkpoint_modules(config: ExperimentConfig, entry: ModelEntry, lab
     widths = {shape[0] for key, shape in variables.items() if _CLASS_HEAD_KEY.search(key) and shape}
     if not widths:
         raise ArgumentError(
-            f"checkpoint.modules 'all' needs a checkpoint of a whole {entry.architecture} model, but "
+            f"checkpoint.modules {mode!r} needs a checkpoint of a whole {entry.architecture} model, but "
             f"{task.init_checkpoint} has no {entry.architecture} class head; use checkpoint.modules 'backbone'"
         )
     expected = _class_head_width(config)
-    if widths == {expected}:
-        return None
-    task.init_checkpoint_modules = list(BACKBONE_AND_DECODER)
+    if mode == "all-but-class-head" or widths == {expected}:
+        return mode, None
     note = (
         f"init checkpoint {task.init_checkpoint} has a class head of width {sorted(widths)} but this model's is "
-        f"{expected} ({config.task.model.num_classes} classes with background): restoring the backbone and decoder "
-        "only, the detection heads start fresh"
+        f"{expected} ({config.task.model.num_classes} classes with background): restoring all but the class head, "
+        "which starts fresh"
     )
     log.warning(note)
-    return note
+    return "all-but-class-head", note
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,6 +414,8 @@ def build_experiment(
     init_modules: str | None = None,
     checkpoint_labels: Sequence[str] | None = None,
     gpus_available: int = 0,
+    cpu_replicas: int = 1,
+    workers: int = 1,
     overrides: Sequence[str] = (),
     eval_every_steps: int | None = None,
     checkpoint_every_steps: int | None = None,
@@ -441,13 +443,17 @@ def build_experiment(
     if gpus_available < 0:
         raise ArgumentError(f"gpus_available must not be negative, got {gpus_available}")
     num_clones = arguments.num_clones or max(gpus_available, 1)
-    if num_clones > max(gpus_available, 1):
+    # cpu_replicas > 1: logical CPU devices standing in for GPUs (training.replicas, for tests)
+    if num_clones > max(gpus_available, 1 if gpus_available else cpu_replicas, 1):
         raise ArgumentError(f"num_clones={num_clones} but only {gpus_available} GPUs are available")
-    global_batch = arguments.batch_size or entry.batch_size * num_clones
-    problem = batch_split_problem(global_batch, num_clones)
+    if workers < 1:
+        raise ArgumentError(f"workers must be at least 1, got {workers}")
+    # several workers (a multi-node machine type, training.cluster): each runs num_clones replicas
+    global_batch = arguments.batch_size or entry.batch_size * num_clones * workers
+    problem = batch_split_problem(global_batch, num_clones, workers)
     if problem:
         raise ArgumentError(problem)
-    per_replica_batch = global_batch // num_clones
+    per_replica_batch = global_batch // (num_clones * workers)
 
     epochs = arguments.epochs or entry.default_epochs(dataset.train_images)
     steps_per_epoch = math.ceil(dataset.train_images / global_batch)
@@ -481,7 +487,7 @@ def build_experiment(
             raise ArgumentError(f"model {entry.name} trains masks but experiment {entry.experiment} has no mask head")
         model.include_mask = entry.masks
     # Synchronised batch norm only pays off across replicas; on one device it costs ~25% of a CPU step.
-    model.norm_activation.use_sync_bn = num_clones > 1
+    model.norm_activation.use_sync_bn = num_clones * workers > 1
     model.norm_activation.norm_momentum = batch_norm_momentum(total_steps)
     if entry.architecture == "retinanet":
         generator = model.detection_generator
@@ -489,8 +495,9 @@ def build_experiment(
 
     task = config.task
     task.init_checkpoint = init_checkpoint
-    # Model Garden's names: 'backbone', 'all'; an earlier run's model restores 'all' (init_modules)
-    task.init_checkpoint_modules = init_modules or entry.checkpoint.modules
+    # The catalog's restore mode, or 'all' for an earlier run's model (init_modules); resolved below
+    requested_mode = init_modules or entry.checkpoint.modules
+    task.init_checkpoint_modules = MODEL_GARDEN_MODULES.get(requested_mode, requested_mode)
     task.annotation_file = None  # COCO ground truth from the val records
     task.per_category_metrics = True
     task.use_coco_metrics = True
@@ -512,7 +519,9 @@ def build_experiment(
 
     gpu = gpus_available > 0
     runtime = config.runtime
-    runtime.distribution_strategy = "mirrored" if gpu else "one_device"
+    runtime.distribution_strategy = "mirrored" if gpu or num_clones > 1 else "one_device"
+    if workers > 1:
+        runtime.distribution_strategy = "multi_worker_mirrored"  # TF_CONFIG names the workers
     runtime.num_gpus = num_clones if gpu else 0
     runtime.mixed_precision_dtype = "float16" if gpu else "float32"
     runtime.loss_scale = "dynamic" if gpu else None
@@ -525,19 +534,22 @@ def build_experiment(
     trainer.checkpoint_interval = checkpoint_interval
     trainer.steps_per_loop = steps_per_loop
     trainer.summary_interval = steps_per_loop
+    # Orbit writes <model_dir>/train (fixed) and this; metrics.json and the TensorBoard sidecar read both.
+    trainer.validation_summary_subdir = artifacts.VALIDATION_EVENTS
     trainer.optimizer_config = _optimizer_config(entry, learning_rate, total_steps, warmup_steps)
 
     apply_overrides(config, overrides)
     _check_consistent(config, entry)
-    notes = tuple(note for note in [_resolve_checkpoint_modules(config, entry, dataset.labels, checkpoint_labels)]
-                  if note)
+    mode, note = _resolve_checkpoint_modules(config, entry, requested_mode, dataset.labels, checkpoint_labels)
+    task.init_checkpoint_modules = MODEL_GARDEN_MODULES.get(mode, mode)
+    notes = (note,) if note else ()
     config.validate()
     return TrainingPlan(
         config=config, global_batch=global_batch, per_replica_batch=per_replica_batch, num_clones=num_clones,
         epochs=epochs, steps_per_epoch=steps_per_epoch, total_steps=total_steps, input_size=input_size,
         num_classes=model.num_classes, mixed_precision="mixed_float16" if gpu else None, model_dir=model_dir,
         labels=dataset.labels, warmup_steps=warmup_steps, eval_batch=eval_batch, validation_steps=validation_steps,
-        notes=notes,
+        notes=notes, restore=restore_plan(config, mode), workers=workers,
     )
 
 

@@ -2,7 +2,9 @@
 
 An evicted training pod loses its disk. Every few seconds this thread uploads checkpoint files
 that appeared or changed in the model folder, data shards and index before the ``checkpoint``
-state file that names them, so the store never points at a checkpoint it does not hold. A
+state file that names them, so the store never points at a checkpoint it does not hold. The
+TensorBoard event files of the training and validation runs (``train/``, ``validation/``) go along,
+so a retried pod's TensorBoard, ``metrics.json`` and plot show the whole run, not just its own part. A
 restarted step calls :func:`restore` first and Orbit continues from the newest checkpoint.
 
 The store can be away for a while (a MinIO restart, a network blip, a throttling S3): a failed
@@ -31,6 +33,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..engines import artifacts
 from ..errors import CvatArgoError, TransientError, one_line
 from ..storage.store import Store
 
@@ -39,6 +42,9 @@ log = logging.getLogger(__name__)
 _CHECKPOINT_FILE = re.compile(r"^(ckpt-\d+\.(index|data-\d+-of-\d+)|checkpoint)$")
 _STATE_FILE = "checkpoint"  # TensorFlow's state file: names the newest checkpoint prefix
 _NEWEST = re.compile(r'^model_checkpoint_path:\s*"([^"]*)"', re.MULTILINE)
+#: The event files Orbit writes (and appends to) in the model folder's TensorBoard run folders.
+_EVENT_FOLDERS = (artifacts.TRAIN_EVENTS, artifacts.VALIDATION_EVENTS)
+_EVENT_FILE = re.compile(rf"^({'|'.join(map(re.escape, _EVENT_FOLDERS))})/events\.out\.tfevents\.[^/]+$")
 
 
 def _checkpoint_files(model_dir: Path) -> list[Path]:
@@ -46,6 +52,12 @@ def _checkpoint_files(model_dir: Path) -> list[Path]:
         return []
     files = [p for p in model_dir.iterdir() if p.is_file() and _CHECKPOINT_FILE.match(p.name)]
     return sorted(files, key=lambda p: (p.name == "checkpoint", p.name))  # the state file last
+
+
+def _event_files(model_dir: Path) -> list[str]:
+    """The TensorBoard event files under the model folder, as names relative to it (``train/events...``)."""
+    return sorted(f"{folder}/{p.name}" for folder in _EVENT_FOLDERS if (model_dir / folder).is_dir()
+                  for p in (model_dir / folder).iterdir() if p.is_file() and _EVENT_FILE.match(f"{folder}/{p.name}"))
 
 
 class _QuietRetries(logging.Filter):
@@ -150,23 +162,24 @@ class CheckpointSync:
         """
         state = self._read_state()
         count = 0
-        for path in _checkpoint_files(self.model_dir):
-            if path.name == _STATE_FILE:
-                continue
+        names = [*_event_files(self.model_dir),
+                 *(p.name for p in _checkpoint_files(self.model_dir) if p.name != _STATE_FILE)]
+        for name in names:
+            path = self.model_dir / name
             try:
                 stat = path.stat()
             except FileNotFoundError:  # an old checkpoint the manager removed (max_to_keep) since the listing
                 continue
-            stamp = (stat.st_size, stat.st_mtime_ns)
-            if self._seen.get(path.name) == stamp:
+            stamp = (stat.st_size, stat.st_mtime_ns)  # event files grow: each new size is uploaded again
+            if self._seen.get(name) == stamp:
                 continue
             try:
-                self.store.put_file(path, f"{self.key}/{path.name}", overwrite=True)
+                self.store.put_file(path, f"{self.key}/{name}", overwrite=True)
             except CvatArgoError:
                 if not path.exists():  # removed while it was uploading: nothing to keep
                     continue
                 raise
-            self._seen[path.name] = stamp
+            self._seen[name] = stamp
             count += 1
         if state is not None and state != self._state_sent:
             if self._scratch is None:
@@ -236,11 +249,12 @@ class CheckpointSync:
 
 
 def restore(store: Store, key: str, model_dir: Path) -> int:
-    """Bring back the checkpoints an earlier attempt uploaded; returns how many files."""
+    """Bring back the checkpoints and TensorBoard event files an earlier attempt uploaded; returns how many files."""
     key = key.strip("/")
-    names = [n for n in store.list(key) if _CHECKPOINT_FILE.match(n)]
-    if "checkpoint" not in names:
+    stored = store.list(key)
+    if _STATE_FILE not in stored:
         return 0
+    names = [n for n in stored if _CHECKPOINT_FILE.match(n) or _EVENT_FILE.match(n)]
     model_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
         store.get_file(f"{key}/{name}", model_dir / name)
