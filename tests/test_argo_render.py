@@ -20,7 +20,7 @@ from support.argo_validation import assert_valid, schema_errors
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "workflow_templates"
-ALL_MACHINES = ("cpu", "gpu-1", "gpu-2", "gpu-4", "gpu-8")
+ALL_MACHINES = ("cpu", "gpu-1", "gpu-2", "gpu-4", "gpu-8", "gpu-2x4")
 
 
 def yaml12(text: str):
@@ -67,7 +67,7 @@ def test_every_rendered_argo_object_is_valid(rendered, version):
 
 
 @pytest.mark.parametrize("model", sorted(load_catalog(env={}).models))
-@pytest.mark.parametrize("machine", ["cpu", "gpu-2", "gpu-8"])
+@pytest.mark.parametrize("machine", ["cpu", "gpu-2", "gpu-8", "gpu-2x4"])
 def test_every_model_machine_pair_builds_a_valid_workflow(model, machine):
     catalog = load_catalog(env={})
     request = TrainingRequest.create(source="s3://exports/task-7.zip", model=model, machine=machine,

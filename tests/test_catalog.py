@@ -21,11 +21,12 @@ def write(tmp_path, text: str):
 
 def test_builtin_catalog_has_the_seed_models_and_mask_rcnn():
     catalog = load_catalog(env={})
-    assert set(SEED_MODELS) | {"maskrcnn-res50-coco", "ssd-mobilenet-v2-small"} == set(catalog.models)
+    assert set(SEED_MODELS) | {"maskrcnn-res50-coco", "ssd-mobilenet-v2-small", "retinanet-res50-coco",
+                               "retinanet-spinenet-mobile-coco"} == set(catalog.models)
     small = catalog.model("ssd-mobilenet-v2-small")  # the quickstart's CPU model: no download needed
     assert small.checkpoint.uri is None and small.backbone["mobilenet"]["filter_size_scale"] == 0.5
     assert catalog.default_model == "ssd-mobilenet-v2-coco"
-    assert [m for m in catalog.machines] == ["cpu", "gpu-1", "gpu-2", "gpu-4", "gpu-8"]
+    assert [m for m in catalog.machines] == ["cpu", "gpu-1", "gpu-2", "gpu-4", "gpu-8", "gpu-2x4"]
 
 
 def test_builtin_entries_map_to_model_garden_experiments():
@@ -46,6 +47,13 @@ def test_builtin_entries_map_to_model_garden_experiments():
     for entry in catalog.models.values():
         assert entry.input_size % entry.input_size_multiple == 0
         assert entry.checkpoint.uri or entry.name == "ssd-mobilenet-v2-small"  # from scratch, by design
+    # COCO-trained detectors: everything but the class head comes from the checkpoint.
+    for name, experiment in (("retinanet-res50-coco", "retinanet_resnetfpn_coco"),
+                             ("retinanet-spinenet-mobile-coco", "retinanet_mobile_coco")):
+        coco = catalog.model(name)
+        assert coco.experiment == experiment and coco.architecture == "retinanet"
+        assert coco.checkpoint.modules == "all-but-class-head" and coco.checkpoint.trained_on.startswith("COCO")
+    assert catalog.model("retinanet-spinenet-mobile-coco").backbone["type"] == "spinenet_mobile"
 
 
 def test_default_epochs_depend_on_dataset_size():
@@ -60,7 +68,7 @@ def test_nas_needs_two_gpus_and_says_which_machines_have_them():
         catalog.resolve(request)
     assert str(caught.value) == (
         "model frcnn-nas-coco needs at least 2 GPUs, but machine type gpu-1 has 1; "
-        "machine types with at least 2 GPUs: gpu-2, gpu-4, gpu-8"
+        "machine types with at least 2 GPUs: gpu-2, gpu-2x4, gpu-4, gpu-8"
     )
     with pytest.raises(RequestError, match="needs num_clones >= 2"):
         catalog.resolve(TrainingRequest.create(task_id=1, model="frcnn-nas-coco", machine="gpu-4", args="num_clones=1"))
@@ -70,7 +78,7 @@ def test_nas_needs_two_gpus_and_says_which_machines_have_them():
 @pytest.mark.parametrize(
     ("machine", "args", "message"),
     [
-        ("gpu-2", "num_clones=4", "num_clones=4 is more than the 2 GPUs of machine type gpu-2: pick one of gpu-4, gpu-8"),
+        ("gpu-2", "num_clones=4", "num_clones=4 is more than the 2 GPUs of machine type gpu-2: pick one of gpu-2x4, gpu-4, gpu-8"),
         ("cpu", "num_clones=2", "num_clones=2 is more than the 0 GPUs of machine type cpu"),
         ("gpu-4", "batch_size=6", "batch_size=6 cannot be split evenly over num_clones=4 GPUs: use a multiple of 4"),
         ("gpu-1", "input_size=300", "input_size=300 is not a multiple of 128, which model ssd-mobilenet-v2-coco needs"),

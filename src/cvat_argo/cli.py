@@ -8,10 +8,12 @@ can fix print one readable message and exit non-zero, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +100,7 @@ def cmd_models(ns: argparse.Namespace) -> int:
     table = Table(title=f"Model catalog ({' + '.join(catalog.sources)}); default: {catalog.default_model}")
     table.add_column("model", no_wrap=True)  # the name people copy: never folded
     for column in ("architecture", "backbone / decoder", "input", "batch/GPU", "lr", "min GPUs", "TFLite",
-                   "base weights"):
+                   "base weights", "restores"):
         table.add_column(column, overflow="fold")
     for entry in catalog.models.values():
         backbone = entry.backbone.get("type", "?")
@@ -110,6 +112,7 @@ def cmd_models(ns: argparse.Namespace) -> int:
             str(entry.input_size), str(entry.batch_size), f"{entry.initial_learning_rate:g} {entry.optimizer}",
             str(entry.min_gpus), "yes" if entry.tflite else "no",
             entry.checkpoint.trained_on or (entry.checkpoint.uri or "none (from scratch)"),
+            entry.checkpoint.modules if entry.checkpoint.uri else "-",
         )
     console = _console()
     console.print(table)
@@ -291,6 +294,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from .engines import local
 
     catalog = load_catalog(ns.catalog)
+    cvat_env = _cvat_env(ns)  # the CVAT flags, checked before anything else
     request = None
     if ns.resume:
         _check_resume_flags(ns, catalog)
@@ -303,9 +307,46 @@ def cmd_run(ns: argparse.Namespace) -> int:
         if ns.from_run:
             _from_run(ns)
         request = _request(ns, catalog, local=True)
-    run = local.run_locally(request, store=ns.store, run_id=ns.run_id, resume=ns.resume, catalog=catalog)
+    with _environment(cvat_env):  # the preflight and every stage read the CVAT settings from there
+        run = local.run_locally(request, store=ns.store, run_id=ns.run_id, resume=ns.resume, catalog=catalog)
     print(f"run {run.run_id} finished: report {run.root / artifacts.RUN_REPORT}")
     return 0
+
+
+def _cvat_env(ns: argparse.Namespace) -> dict[str, str | None]:
+    """The variables cvat-cli's flags (``--server-host``, ``--auth``, ``--org``, ...) set for this run.
+
+    Flags win over the CVAT_* variables; the stages are separate processes that read only their
+    environment, so the resolved settings travel there (see :mod:`cvat_argo.cvat.connection`).
+    """
+    from .cvat import connection
+
+    if not connection.given(ns):
+        return {}
+    settings = connection.from_namespace(ns)
+    if settings is None:
+        flag = next(f"--{name.replace('_', '-')}" for name in ("server_port", "auth", "org", "ca_bundle", "insecure")
+                    if getattr(ns, name) not in (None, False))
+        raise CvatArgoError(f"{flag}: no CVAT server: give --server-host or set CVAT_HOST")
+    return settings.to_env()
+
+
+@contextlib.contextmanager
+def _environment(changes: dict[str, str | None]) -> Iterator[None]:
+    """``os.environ`` with ``changes`` (None: removed) for the block, as it was afterwards."""
+    def apply(values: dict[str, str | None]) -> None:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    saved = {name: os.environ.get(name) for name in changes}
+    try:
+        apply(changes)
+        yield
+    finally:
+        apply(saved)
 
 
 #: A quickstart task's size: at least 6 annotated images to train and validate on and 4 left to
@@ -416,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from-run", metavar="RUN_ID",
                      help="the next round: start training from that run's trained model (every layer; the class "
                           "head too when the labels are the same) instead of the catalog's base checkpoint")
+    from .cvat import connection
+
+    connection.add_flags(run)  # cvat-cli's --server-host, --auth, --org, ... for --task-id and the upload
     run.set_defaults(func=cmd_run, request_defaults={dest: run.get_default(dest) for dest in REQUEST_FLAGS})
     run.set_defaults(**dict.fromkeys(REQUEST_FLAGS))  # None: not given (see REQUEST_FLAGS)
 

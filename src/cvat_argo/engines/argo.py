@@ -24,6 +24,7 @@ from hera.workflows import (
     EmptyDirVolume,
     NoneArchiveStrategy,
     Parameter,
+    Resource,
     Resources,
     RetryStrategy,
     S3Artifact,
@@ -49,8 +50,8 @@ from .. import __version__
 from ..errors import RequestError
 from ..request.catalog import Catalog, ResolvedRequest, load_catalog
 from ..request.spec import TrainingRequest
-from . import artifacts
-from .pipeline import PLACEHOLDER, TRANSIENT_EXIT_CODE, Pipeline, Stage, build_pipeline
+from . import artifacts, jobset
+from .pipeline import PLACEHOLDER, TRANSIENT_EXIT_CODE, ArtifactInput, Pipeline, Stage, build_pipeline
 
 IN_DIR = "/mnt/in"
 OUT_DIR = "/mnt/out"
@@ -196,16 +197,40 @@ def stage_container(stage: Stage, *, tensorboard: bool = True) -> Container:
     )
 
 
-def _dag(pipeline: Pipeline, containers: dict[str, Container]) -> DAG:
+def stage_resource(stage: Stage) -> Resource:
+    """A multi-node stage: an Argo resource template that creates and watches its JobSet (engines/jobset.py)."""
+    labels = {**APP_LABELS, "cvat-argo/workflow": _RUN_VARIABLES["name"], "cvat-argo/stage": stage.name}
+    manifest = jobset.jobset(stage, args=container_args(stage), in_dir=IN_DIR, out_dir=OUT_DIR,
+                             prefix=PREFIX_VARIABLE, run=_RUN_VARIABLES["name"], labels=labels)
+    return Resource(
+        name=stage.name,
+        action="create",
+        set_owner_reference=True,  # deleted with the workflow
+        manifest=jobset.dump_manifest(manifest),
+        success_condition=jobset.SUCCESS_CONDITION,
+        failure_condition=jobset.FAILURE_CONDITION,
+        inputs=[Parameter(name=p) for p in stage.parameters],
+    )
+
+
+def _input_argument(pipeline: Pipeline, item: ArtifactInput) -> Artifact:
+    """An input artifact of a DAG task: the producing task's output, or, when a JobSet produced it (no Argo
+    output artifact), the same key in the store as a key-only S3 artifact."""
+    producer = pipeline.stage(item.stage)
+    if producer.nodes > 1:
+        key = jobset.input_key(producer, item.artifact, PREFIX_VARIABLE, _RUN_VARIABLES["name"])
+        return S3Artifact(name=item.name, key=key)
+    return Artifact(name=item.name, from_=f"{{{{tasks.{item.stage}.outputs.artifacts.{item.artifact}}}}}")
+
+
+def _dag(pipeline: Pipeline, containers: dict[str, Container | Resource]) -> DAG:
     tasks = []
     for stage in pipeline.stages:
         arguments: list[Parameter | Artifact] = [
             Parameter(name=p, value=f"{{{{workflow.parameters.{p}}}}}") for p in stage.parameters
         ]
-        arguments += [
-            Artifact(name=a.name, from_=f"{{{{tasks.{a.stage}.outputs.artifacts.{a.artifact}}}}}")
-            for a in stage.inputs
-        ]
+        if stage.nodes == 1:  # a JobSet's pods fetch their inputs from the store themselves (engines/jobset.py)
+            arguments += [_input_argument(pipeline, a) for a in stage.inputs]
         tasks.append(Task(name=stage.name, template=containers[stage.name], arguments=arguments or None,
                           depends=" && ".join(stage.depends) or None))
     return DAG(name=ENTRYPOINT, tasks=tasks)
@@ -273,7 +298,10 @@ def workflow_template_for(pipeline: Pipeline, catalog: Catalog | None = None) ->
     lists the models its ``model`` parameter offers."""
     resolved = pipeline.resolved
     request = resolved.request
-    containers = {s.name: stage_container(s, tensorboard=request.tensorboard) for s in pipeline.all_stages()}
+    containers: dict[str, Container | Resource] = {
+        s.name: stage_resource(s) if s.nodes > 1 else stage_container(s, tensorboard=request.tensorboard)
+        for s in pipeline.all_stages()
+    }
     total_deadline = sum(s.deadline_seconds for s in pipeline.stages)
     return WorkflowTemplate(
         name=template_name(pipeline),

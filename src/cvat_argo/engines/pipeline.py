@@ -109,6 +109,7 @@ class Stage:
     env: tuple[EnvVar, ...] = ()
     tensorboard_logdir: str | None = None  # an {output:...} path whose logs a TensorBoard sidecar serves
     resumable: bool = False  # a half-finished output is kept: the step continues from it (checkpoints)
+    nodes: int = 1  # pods that run the step together (a multi-node machine type): the Argo engine makes a JobSet
 
     @property
     def default_image(self) -> str:
@@ -192,6 +193,10 @@ CVAT_ENV = (
     EnvVar("CVAT_USERNAME", "secret", CVAT_SECRET, "username"),
     EnvVar("CVAT_PASSWORD", "secret", CVAT_SECRET, "password"),
     EnvVar("CVAT_ACCESS_TOKEN", "secret", CVAT_SECRET, "token"),
+    # the organization and TLS settings of cvat.connection (all optional: a missing key is no setting)
+    EnvVar("CVAT_ORG", "secret", CVAT_SECRET, "org"),
+    EnvVar("CVAT_CA_BUNDLE", "secret", CVAT_SECRET, "ca-bundle"),  # the CA's PEM text
+    EnvVar("CVAT_INSECURE", "secret", CVAT_SECRET, "insecure"),
 )
 
 
@@ -266,6 +271,7 @@ def build_pipeline(request: TrainingRequest | ResolvedRequest, catalog: Catalog 
             # folder itself: the sidecar serves that folder, so it shows both runs side by side.
             tensorboard_logdir=f"{{output:{a.MODEL}}}",
             resumable=True,  # an interrupted training continues from its newest checkpoint
+            nodes=machine.nodes,  # MultiWorkerMirroredStrategy over the nodes (training/cluster.py)
         ),
         Stage(
             name=a.CONVERT,

@@ -29,7 +29,7 @@ from .. import __version__
 from ..errors import CvatArgoError, RenderDriftError
 from ..request.catalog import CATALOG_ENV, Catalog, load_catalog
 from ..request.spec import ArtifactRepository, DatasetSource, TrainingRequest
-from . import yamlio
+from . import jobset, yamlio
 from .argo import APP_LABELS, template_name, workflow_for, workflow_template_for
 from .images import DEFAULT_REGISTRY, REGISTRY_ENV
 from .pipeline import STORE_CONFIG_MAP, STORE_SECRET, Pipeline, build_pipeline
@@ -267,7 +267,8 @@ def _rbac_files() -> list[RenderedFile]:
     name = "cvat-argo"
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _metadata(name),
             "rules": [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
-                       "verbs": ["create", "patch"]}]}
+                       "verbs": ["create", "patch"]},
+                      jobset.RBAC_RULE]}  # multi-node machine types: the train step creates and watches a JobSet
     binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _metadata(name),
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
                "subjects": [{"kind": "ServiceAccount", "name": name}]}

@@ -112,7 +112,7 @@ class Catalog:
         if not problems and model.min_gpus > num_clones:
             problems.append(f"model {model.name} needs num_clones >= {model.min_gpus} (it needs {model.min_gpus} GPUs)")
         if args.batch_size is not None:
-            problems.append(batch_split_problem(args.batch_size, num_clones))
+            problems.append(batch_split_problem(args.batch_size, num_clones, machine.nodes))
         if args.input_size is not None:
             problems.append(model.input_size_problem(args.input_size))
         problems = [problem for problem in problems if problem]

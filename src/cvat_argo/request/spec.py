@@ -31,11 +31,17 @@ _RETIRED_KEYS = {
 }
 
 
-def batch_split_problem(batch_size: int, num_clones: int) -> str | None:
-    """The one rule (and wording) for splitting a global batch over replicas: each GPU gets the same share."""
-    if batch_size % num_clones:
-        return (f"batch_size={batch_size} cannot be split evenly over num_clones={num_clones} GPUs: "
-                f"use a multiple of {num_clones}")
+def batch_split_problem(batch_size: int, num_clones: int, nodes: int = 1) -> str | None:
+    """The one rule (and wording) for splitting a global batch over replicas: each GPU gets the same share.
+
+    On a multi-node machine type every node runs ``num_clones`` replicas: the batch splits ``num_clones * nodes`` ways.
+    """
+    replicas = num_clones * nodes
+    if batch_size % replicas:
+        where = f"num_clones={num_clones} GPUs"
+        if nodes > 1:
+            where += f" on each of {nodes} nodes ({replicas} replicas)"
+        return f"batch_size={batch_size} cannot be split evenly over {where}: use a multiple of {replicas}"
     return None
 
 
