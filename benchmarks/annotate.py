@@ -23,7 +23,6 @@ import io
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 import numpy as np  # noqa: E402
+from common import run_logged  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cvat_argo.data.synthetic import generate_task  # noqa: E402
@@ -42,14 +42,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
 def _run(command: list[str], log: Path) -> float:
-    start = time.perf_counter()
-    with log.open("a") as handle:
-        handle.write("$ " + " ".join(command) + "\n")
-        handle.flush()
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=ENV, check=False)
-    if result.returncode:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}; see {log}")
-    return time.perf_counter() - start
+    return run_logged(command, log, ENV)
 
 
 def train_model(work: Path, log: Path, epochs: int) -> Path:

@@ -40,10 +40,8 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 import numpy as np  # noqa: E402
+from common import run_logged  # noqa: E402
 
 from cvat_argo.data.synthetic import generate_task  # noqa: E402
 from cvat_argo.engines import artifacts as a  # noqa: E402
@@ -184,14 +183,7 @@ def effort_on(frames: Iterable[str], predicted: Mapping[str, list[tuple[str, Box
 # ---- the pipeline, as a user runs it -------------------------------------------------------------------
 
 def _run(command: list[str], log: Path) -> float:
-    start = time.perf_counter()
-    with log.open("a") as handle:
-        handle.write("$ " + " ".join(command) + "\n")
-        handle.flush()
-        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=ENV, check=False)
-    if result.returncode:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}; see {log}")
-    return time.perf_counter() - start
+    return run_logged(command, log, ENV)
 
 
 def run_round(source: Path, store: Path, run_id: str, epochs: int, log: Path, from_run: str | None) -> dict[str, Any]:

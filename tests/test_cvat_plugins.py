@@ -20,6 +20,7 @@ from cvat_argo.inference.outputs import coco_document
 from support.annotate_fixtures import model_labels, trained_exported_model
 from support.fake_cvat_server import FakeTask, cvat_server, label
 from support.fixtures_servers import s3_server  # noqa: F401
+from support.nuclio_harness import run_handler
 from support.tiny_dataset import tiny_photos
 
 pytest.importorskip("cvat_sdk")
@@ -648,31 +649,7 @@ def test_cvat_cli_auto_annotate_runs_the_function_on_a_polygon_task(exported, ph
 
 
 HANDLER_RUN = r"""
-import base64, json, sys
-sys.path.insert(0, sys.argv[1])
-import main, cvat_argo
-
-class Logger:
-    def __init__(self): self.lines = []
-    def info(self, message): self.lines.append(message)
-    warn = error = debug = info
-
-class UserData: pass
-
-class Context:
-    def __init__(self):
-        self.user_data, self.logger = UserData(), Logger()
-    @staticmethod
-    def Response(body, headers, content_type, status_code):
-        return {"body": body, "content_type": content_type, "status_code": status_code}
-
-class Event:
-    def __init__(self, body): self.body = body
-
-context = Context()
-main.init_context(context)
-image = base64.b64encode(open(sys.argv[2], "rb").read()).decode()
-ok = main.handler(context, Event(json.dumps({"image": image, "threshold": 0.05}).encode()))
+ok = main.handler(context, Event(json.dumps({"image": encoded(sys.argv[2]), "threshold": 0.05}).encode()))
 bad = main.handler(context, Event({"threshold": 0.05}))
 print(json.dumps({"ok": ok, "bad": bad, "package": cvat_argo.__file__, "log": context.logger.lines}))
 """
@@ -680,8 +657,6 @@ print(json.dumps({"ok": ok, "bad": bad, "package": cvat_argo.__file__, "log": co
 
 @pytest.mark.slow
 def test_nuclio_bundle_handler_answers_like_cvat_expects(exported, picture, tmp_path):
-    import subprocess
-    import sys
 
     import yaml
     from PIL import Image
@@ -702,9 +677,7 @@ def test_nuclio_bundle_handler_answers_like_cvat_expects(exported, picture, tmp_
     bundled = {p.name for p in (tmp_path / "fn" / "model").iterdir()}
     assert {"labels.json", "model.json", "model_fp32.tflite", "tflite.json"} <= bundled
     assert not bundled & {"saved_model", "model_fp16.tflite"}  # only the runtime the function uses
-    result = subprocess.run([sys.executable, "-c", HANDLER_RUN, str(tmp_path / "fn"), str(picture)],
-                            capture_output=True, text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    answer = run_handler(tmp_path / "fn", HANDLER_RUN, picture)
     assert answer["package"].startswith(str(tmp_path / "fn"))  # the bundled modules, not the installed package
     assert answer["ok"]["status_code"] == 200 and answer["ok"]["content_type"] == "application/json"
     shapes = json.loads(answer["ok"]["body"])

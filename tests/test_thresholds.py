@@ -10,10 +10,7 @@ threshold is given explicitly.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -32,6 +29,7 @@ from cvat_argo.export.thresholds import (
 )
 from cvat_argo.inference.outputs import Thresholds, model_thresholds, parse_thresholds
 from cvat_argo.inference.serving import Detections
+from support.nuclio_harness import run_handler
 from support.tiny_dataset import LABELS, write_tiny_dataset
 
 T, F = True, False
@@ -375,43 +373,16 @@ def test_cvat_function_uses_the_models_thresholds_unless_given_one(ssd, images, 
 
 
 HANDLER_RUN = r"""
-import base64, json, sys
-sys.path.insert(0, sys.argv[1])
-import main
-
-class Logger:
-    def __init__(self): self.lines = []
-    def info(self, message): self.lines.append(message)
-    warn = error = debug = info
-
-class UserData: pass
-
-class Context:
-    def __init__(self):
-        self.user_data, self.logger = UserData(), Logger()
-    @staticmethod
-    def Response(body, headers, content_type, status_code):
-        return {"body": body, "status_code": status_code}
-
-class Event:
-    def __init__(self, body): self.body = body
-
-context = Context()
-main.init_context(context)
 labels = []
 for path in sys.argv[2:]:
-    image = base64.b64encode(open(path, "rb").read()).decode()
-    answer = main.handler(context, Event(json.dumps({"image": image, "threshold": None}).encode()))
+    answer = main.handler(context, Event(json.dumps({"image": encoded(path), "threshold": None}).encode()))
     labels += [shape["label"] for shape in json.loads(answer["body"])]
 print(json.dumps({"labels": labels, "log": context.logger.lines}))
 """
 
 
 def _bundle_labels(bundle: Path, images: Path) -> Counter:
-    result = subprocess.run([sys.executable, "-c", HANDLER_RUN, str(bundle), *map(str, sorted(images.iterdir()))],
-                            capture_output=True, text=True, check=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    return Counter(json.loads(result.stdout.strip().splitlines()[-1])["labels"])
+    return Counter(run_handler(bundle, HANDLER_RUN, *sorted(images.iterdir()))["labels"])
 
 
 @pytest.mark.slow
