@@ -81,6 +81,9 @@ CASES = [
     # (id, argv, exit code, what the error line must name, module)
     ("models-unknown-model", ["models", "--json", "no-such-model"], 2, ["no-such-model"], None),
     ("models-missing-catalog", ["models", "--catalog", "/nonexistent.yaml"], 2, ["/nonexistent.yaml"], None),
+    ("mirror-models-http-target", ["mirror-models", "--to", "https://example.com/mirror/"], 2, ["--to"], None),
+    ("mirror-models-unknown-model", ["mirror-models", "--to", "s3://mirror/m/", "no-such-model"], 2,
+     ["no-such-model"], None),
     ("machines-missing-catalog", ["machines", "--catalog", "missing.yaml"], 2, ["missing.yaml"], None),
     ("plan-unknown-model", ["plan", "--task-id", "1", "--model", "no-such-model"], 2, ["no-such-model"], None),
     ("plan-unknown-machine", ["plan", "--task-id", "1", "--machine", "gpu-99"], 2, ["gpu-99"], None),

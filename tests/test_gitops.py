@@ -119,7 +119,7 @@ def test_overlay_builds_the_secrets_namespace_and_repository(overlay: Path):
     store = config_maps["cvat-argo-store"]
     scheme = "http" if s3["insecure"] else "https"
     assert store == {"store": f"s3://{s3['bucket']}", "endpoint": f"{scheme}://{s3['endpoint']}",
-                     "region": s3["region"]}
+                     "region": s3["region"], "model-mirror": ""}  # optional: empty, checkpoints from their origin
 
 
 @needs_kubectl
@@ -161,7 +161,7 @@ def test_check_uses_the_flags_the_folder_was_rendered_with(tmp_path, capsys, mon
                  "--s3-tls", "--s3-region", "eu-west-1"]) == 0
     maps = _config_maps(out)
     assert maps["cvat-argo-store"] == {"store": "s3://team", "endpoint": "https://s3.example.org:443",
-                                       "region": "eu-west-1"}
+                                       "region": "eu-west-1", "model-mirror": ""}
     assert yaml.safe_load(maps["cvat-argo-artifact-repositories"]["cvat-argo"])["s3"]["insecure"] is False
     capsys.readouterr()
 

@@ -1,4 +1,5 @@
-"""``python -m cvat_argo``: models, machines, plan, render, submit, run, quickstart, nuclio-bundle, qc-report.
+"""``python -m cvat_argo``: models, machines, plan, render, submit, run, quickstart, nuclio-bundle, qc-report,
+mirror-models.
 
 Every command that builds a run takes the same request flags (``--task-id``/``--source``,
 ``--model``, ``--machine``, ``--args``), so what works in ``plan`` works in ``submit``. Errors a user
@@ -119,6 +120,16 @@ def cmd_models(ns: argparse.Namespace) -> int:
     for entry in catalog.models.values():
         if entry.stand_in:
             console.print(f"[bold]{entry.name}[/bold]: {entry.stand_in}")
+    return 0
+
+
+def cmd_mirror_models(ns: argparse.Namespace) -> int:
+    from .storage.mirror import mirror_models
+
+    catalog = load_catalog(ns.catalog)
+    entries = [catalog.model(name) for name in ns.models] if ns.models else list(catalog.models.values())
+    uris = [(entry.checkpoint.uri, entry.checkpoint.sha256) for entry in entries if entry.checkpoint.uri]
+    mirror_models(uris, ns.to)
     return 0
 
 
@@ -423,6 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_catalog_flag(models)
     models.add_argument("--json", metavar="MODEL", help="print one entry as JSON (the model-spec parameter)")
     models.set_defaults(func=cmd_models)
+
+    mirror = _command(sub, "mirror-models", "copy the catalog's public base checkpoints into a bucket for "
+                                            "air-gapped clusters (CVAT_ARGO_MODEL_MIRROR)")
+    mirror.add_argument("--to", required=True, metavar="s3://BUCKET/PREFIX/",
+                        help="the mirror (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... as for the store)")
+    mirror.add_argument("models", nargs="*", metavar="MODEL", help="only these catalog models (default: all)")
+    _add_catalog_flag(mirror)
+    mirror.set_defaults(func=cmd_mirror_models)
 
     machines = _command(sub, "machines", "list the machine types")
     _add_catalog_flag(machines)

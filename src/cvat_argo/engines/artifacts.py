@@ -228,6 +228,8 @@ class BaseModelManifest(Manifest):
     trained_on: str | None = None
     note: str | None = None
     labels: list[str] | None = None  # an earlier run's model: the labels its class head was trained on
+    mirror: str | None = None  # where it was read instead of ``uri`` (CVAT_ARGO_MODEL_MIRROR or --mirror)
+    cache: str | None = None  # the store key it came from instead (base-models/<sha256>); None: fetched
 
 
 @dataclass(frozen=True)

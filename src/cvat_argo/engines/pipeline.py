@@ -188,6 +188,9 @@ STORE_ENV = (
     EnvVar("AWS_ACCESS_KEY_ID", "secret", STORE_SECRET, "accesskey"),
     EnvVar("AWS_SECRET_ACCESS_KEY", "secret", STORE_SECRET, "secretkey"),
 )
+# Air-gapped clusters: s3://bucket/prefix/ holding the public base checkpoints under <host>/<path>
+# (cvat_argo.steps.pull); an optional key like the others, so a ConfigMap without it changes nothing.
+MODEL_MIRROR_ENV = EnvVar("CVAT_ARGO_MODEL_MIRROR", "config-map", STORE_CONFIG_MAP, "model-mirror")
 CVAT_ENV = (
     EnvVar("CVAT_HOST", "secret", CVAT_SECRET, "host"),
     EnvVar("CVAT_USERNAME", "secret", CVAT_SECRET, "username"),
@@ -240,7 +243,7 @@ def build_pipeline(request: TrainingRequest | ResolvedRequest, catalog: Catalog 
             resources=Resources(cpu="1", memory="2Gi"),
             retry=io_retry,
             deadline_seconds=2 * 3600,
-            env=STORE_ENV,
+            env=(*STORE_ENV, MODEL_MIRROR_ENV),
         ),
         Stage(
             name=a.TRAIN,

@@ -32,7 +32,7 @@ from ..request.spec import ArtifactRepository, DatasetSource, TrainingRequest
 from . import jobset, yamlio
 from .argo import APP_LABELS, template_name, workflow_for, workflow_template_for
 from .images import DEFAULT_REGISTRY, REGISTRY_ENV
-from .pipeline import STORE_CONFIG_MAP, STORE_SECRET, Pipeline, build_pipeline
+from .pipeline import MODEL_MIRROR_ENV, STORE_CONFIG_MAP, STORE_SECRET, Pipeline, build_pipeline
 
 HEADER = (
     f"# Rendered by `python -m cvat_argo render` (cvat-argo {__version__}). Do not edit: change the code or\n"
@@ -187,8 +187,8 @@ class RenderedFile:
     in_kustomization: bool = True
 
 
-def _file(name: str, obj: dict[str, Any], *, in_kustomization: bool = True) -> RenderedFile:
-    return RenderedFile(name=name, text=HEADER + yamlio.dump(obj), in_kustomization=in_kustomization)
+def _file(name: str, obj: dict[str, Any], *, in_kustomization: bool = True, note: str = "") -> RenderedFile:
+    return RenderedFile(name=name, text=HEADER + note + yamlio.dump(obj), in_kustomization=in_kustomization)
 
 
 def _template_pipelines(catalog: Catalog) -> Iterable[Pipeline]:
@@ -223,7 +223,7 @@ def _render(catalog: Catalog, settings: RenderSettings) -> list[RenderedFile]:
     repository = ArtifactRepository()
     files += [
         _file(f"configmap-{repository.config_map}.yaml", _artifact_repositories(repository, settings.cluster)),
-        _file(f"configmap-{STORE_CONFIG_MAP}.yaml", _store_config(settings.cluster)),
+        _file(f"configmap-{STORE_CONFIG_MAP}.yaml", _store_config(settings.cluster), note=STORE_CONFIG_NOTE),
         *_rbac_files(),
     ]
     example = TrainingRequest.create(task_id=42, args="epochs=100,batch_size=16", model=catalog.default_model)
@@ -260,7 +260,15 @@ def _store_config(settings: ClusterSettings) -> dict[str, Any]:
     scheme = "http" if settings.s3_insecure else "https"
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(STORE_CONFIG_MAP),
             "data": {"store": f"s3://{settings.bucket}", "endpoint": f"{scheme}://{settings.s3_endpoint}",
-                     "region": settings.s3_region}}
+                     "region": settings.s3_region, MODEL_MIRROR_ENV.key: ""}}
+
+
+STORE_CONFIG_NOTE = (
+    f"# {MODEL_MIRROR_ENV.key} (optional, {MODEL_MIRROR_ENV.name}; empty or absent: checkpoints come from their\n"
+    "# origin): for clusters without internet, s3://bucket/prefix/ holding the public base checkpoints under\n"
+    "# <host>/<path>, e.g. s3://cvat-argo/mirror/storage.googleapis.com/tf_model_garden/...; fill it with\n"
+    "# `python -m cvat_argo mirror-models --to s3://cvat-argo/mirror/` (README: Air-gapped clusters).\n"
+)
 
 
 def _rbac_files() -> list[RenderedFile]:

@@ -9,8 +9,18 @@ from. An archive is extracted with :mod:`cvat_argo.storage.archive`; a bare chec
 (``.../ckpt-180648``) brings its ``.index`` and ``.data-*`` files. The newest checkpoint is chosen by
 step number, not by string order (``ckpt-10`` after ``ckpt-9``). With a store configured
 (``CVAT_ARGO_STORE``) the result is cached under ``base-models/<sha256>/`` and the next run with the
-same digest downloads nothing. ``--mirror`` serves air-gapped clusters: the file is looked up under
-the mirror by its name instead of at its origin.
+same digest downloads nothing. A source that pins no digest (the built-in catalog's) is cached by the
+digest recorded the first time it was pulled: ``base-models/by-uri/<sha256 of the URI>.json`` names it,
+so the next run reads the cache, not the origin (pin ``checkpoint.sha256`` to move to new weights).
+
+Air-gapped clusters (:mod:`cvat_argo.storage.mirror`): ``CVAT_ARGO_MODEL_MIRROR`` (the optional
+``model-mirror`` key of the ``cvat-argo-store`` ConfigMap) names a bucket prefix, ``s3://bucket/mirror/``
+(or an ``http(s)://`` server), that holds copies of the public checkpoints under their host and path:
+``https://storage.googleapis.com/tf_model_garden/x.tar.gz`` is read from
+``s3://bucket/mirror/storage.googleapis.com/tf_model_garden/x.tar.gz``, and ``gs://b/k`` from
+``.../storage.googleapis.com/b/k``. ``s3://`` sources and local paths are read where they are. The manifest
+records the public URI, the mirror's copy and the digest; a pinned digest is checked on the copy.
+``--mirror`` (older, and it wins over the setting) looks the file up under a location by its name alone.
 
 Bounds (the rules live in :mod:`cvat_argo.storage.fetch` and :mod:`cvat_argo.storage.archive`; this
 stage only chooses the values): the catalog's ``checkpoint.max_bytes`` (default 5 GiB) caps what is
@@ -30,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -38,7 +49,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..engines import artifacts
 from ..entry import run_step
@@ -48,9 +59,12 @@ from ..request.model_entry import ModelEntry
 from ..storage.archive import archive_kind, extract
 from ..storage.digest import file_sha256
 from ..storage.fetch import DEFAULT_MAX_BYTES, Limits, fetch, fetch_files, local_roots
-from ..storage.store import LocalStore, Store, store_from_env
+from ..storage.mirror import MODEL_MIRROR_VAR, mirror_location, model_mirror
+from ..storage.store import LocalStore, Store, _redact, store_from_env
 
 CACHE_PREFIX = "base-models"
+BY_URI_PREFIX = f"{CACHE_PREFIX}/by-uri"  # <sha256 of the source URI>.json: the digest its first pull recorded
+_REMOTE_SCHEMES = ("http", "https", "gs", "s3")
 CHECKPOINT_DIR = "checkpoint"
 _CKPT_INDEX = re.compile(r"^(?P<prefix>.*?(?P<step>\d+))\.index$")
 _CKPT_PREFIX = re.compile(r"ckpt-\d+$")
@@ -110,7 +124,7 @@ def mirrored(uri: str, mirror: str | None) -> str:
 
 
 def _fetch_source(uri: str, work: Path, expected: str | None, limits: Limits,
-                  roots: Sequence[Path]) -> tuple[Path, str]:
+                  roots: Sequence[Path], env: Mapping[str, str] | None = None) -> tuple[Path, str]:
     """Download (or copy) into ``work``; returns (local path, sha256 of what was fetched).
 
     A single file must be an archive by its first bytes, checked before it is hashed or unpacked.
@@ -124,7 +138,7 @@ def _fetch_source(uri: str, work: Path, expected: str | None, limits: Limits,
         if expected and digest != expected:
             raise DatasetError(f"{uri}: sha256 {digest} does not match the expected {expected}")
         return folder, digest
-    local = fetch(uri, work / "download", expected_sha256=expected if _single_object_uri(uri) else None,
+    local = fetch(uri, work / "download", env=env, expected_sha256=expected if _single_object_uri(uri) else None,
                   limits=limits, local_roots=roots)
     if local.is_file():
         if archive_kind(local) is None:
@@ -172,42 +186,133 @@ def _from_cache(store: Store | None, digest: str | None, out: Path) -> bool:
     return True
 
 
+def _record_key(origin: str) -> str:
+    """Where the digest of a source's first pull is recorded: by the sha256 of its URI (any length, any bytes)."""
+    return f"{BY_URI_PREFIX}/{hashlib.sha256(origin.encode()).hexdigest()}.json"
+
+
+def _recordable(store: Store | None, origin: str) -> bool:
+    """Remote sources only: a local folder may change under the same name without anyone pulling it."""
+    return store is not None and urlsplit(origin).scheme.lower() in _REMOTE_SCHEMES
+
+
+def recorded_digest(store: Store | None, origin: str) -> str | None:
+    """The digest recorded when ``origin`` was first pulled into this store; None if none (or unreadable)."""
+    if store is None or not _recordable(store, origin) or not store.exists(key := _record_key(origin)):
+        return None
+    with tempfile.TemporaryDirectory(prefix="cvat-argo-pull-") as work:
+        path = store.get_file(key, Path(work) / "record.json")
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            record = None
+    digest = record.get("sha256") if isinstance(record, dict) and record.get("uri") == origin else None
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        print(f"warning: {store.uri(key)} is not a digest record of {_redact(origin)}; fetching it again",
+              file=sys.stderr)
+        return None
+    return digest
+
+
+def _record_digest(store: Store | None, origin: str, digest: str, recorded: str | None) -> None:
+    if store is None or not _recordable(store, origin) or recorded == digest:
+        return
+    if recorded is not None:
+        print(f"warning: {_redact(origin)} now has sha256 {digest}, not the {recorded} recorded when it was first "
+              f"pulled (whose cache is gone); recording the new digest", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="cvat-argo-pull-") as work:
+        path = Path(work) / "record.json"
+        path.write_text(json.dumps({"uri": origin, "sha256": digest}, indent=2) + "\n", encoding="utf-8")
+        store.put_file(path, _record_key(origin), overwrite=True)
+
+
+def _source_location(source: str, mirror: str | None, env: Mapping[str, str]) -> tuple[str | None, str]:
+    """(where the copy is read instead of ``source``, or None; the setting that said so)."""
+    if mirror:
+        located = mirrored(source, mirror)
+        return (located if located != source else None), "--mirror"
+    root = model_mirror(env)
+    if root is None:
+        return None, MODEL_MIRROR_VAR
+    return mirror_location(source, root), MODEL_MIRROR_VAR
+
+
+def _missing_in_mirror(exc: DatasetError, located: str, origin: str, setting: str) -> DatasetError | None:
+    """A clearer error when the mirror lacks the copy: which key it looked for, and which URL it stands for."""
+    text = str(exc)
+    if not (text.startswith(_redact(located)) and "does not exist" in text):
+        return None
+    parts = urlsplit(located)
+    where = (f"key {unquote(parts.path).lstrip('/')} in bucket {parts.netloc}" if parts.scheme == "s3"
+             else _redact(located))
+    return DatasetError(f"{setting}: the model mirror has no copy of {_redact(origin)}: looked for {where} "
+                        f"({_redact(located)}); copy it there on a machine with internet (`python -m cvat_argo "
+                        f"mirror-models --to MIRROR`, or download it and `aws s3 cp` / `mc cp` it to that key)")
+
+
+def _describe(entry: ModelEntry, origin: str, digest: str, expected: str | None, out: Path, checkpoint: str,
+              **where: str | None) -> artifacts.BaseModelManifest:
+    manifest = artifacts.BaseModelManifest(
+        model=entry.name, uri=origin, sha256=digest, pinned=expected is not None, checkpoint=checkpoint,
+        modules=entry.checkpoint.modules, trained_on=entry.checkpoint.trained_on, **where,
+    )
+    earlier = artifacts.TrainedModelManifest.read_if_present(out / CHECKPOINT_DIR)
+    if earlier is not None:
+        manifest = fine_tuning(manifest, earlier, origin)
+    manifest.write(out)
+    return manifest
+
+
 def pull(model: str, model_spec: str, uri: str, sha256: str, out: Path, mirror: str | None = None,
          store: Store | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Bring the base checkpoint to ``out``; returns its manifest plus ``cached``.
+
+    ``env`` (default ``os.environ``) holds ``CVAT_ARGO_MODEL_ROOTS``, ``CVAT_ARGO_MODEL_MIRROR`` and the
+    S3 settings a mirror is read with.
+    """
+    env = os.environ if env is None else env
     entry = entry_from_parameters(model, model_spec)
-    source = uri or entry.checkpoint.uri
+    origin = uri or entry.checkpoint.uri
     expected = (sha256 or (entry.checkpoint.sha256 if not uri else None) or "").lower() or None
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DatasetError(f"output folder {out} exists and is not empty: refusing to overwrite it")
-    if source is None:
+    if origin is None:
         out.mkdir(parents=True, exist_ok=True)
         manifest = artifacts.BaseModelManifest(
             model=entry.name, uri=None, note="the catalog names no base checkpoint: training starts from scratch")
         manifest.write(out)
         return dataclasses.asdict(manifest)
-    source = mirrored(source, mirror)
+    located, setting = _source_location(origin, mirror, env)  # a bad setting fails before anything is made
+    source = located or origin
     limits = checkpoint_limits(entry)
-    roots = local_roots(os.environ if env is None else env, extra=run_store_folders(out, store))
+    roots = local_roots(env, extra=run_store_folders(out, store))
     created = _first_missing(out)  # what a failure removes: out, and the folders made to hold it
     out.mkdir(parents=True, exist_ok=True)
     try:
-        if _from_cache(store, expected, out):
-            return {**dataclasses.asdict(artifacts.BaseModelManifest.read(out)), "cached": True}
+        recorded = None if expected else recorded_digest(store, origin)
+        cache_digest = expected or recorded
+        if _from_cache(store, cache_digest, out):
+            assert cache_digest is not None
+            cached = artifacts.BaseModelManifest.read(out)
+            manifest = _describe(entry, origin, cache_digest, expected, out, cached.checkpoint or "",
+                                 cache=f"{CACHE_PREFIX}/{cache_digest}")
+            return {**dataclasses.asdict(manifest), "cached": True}
         with tempfile.TemporaryDirectory(prefix="cvat-argo-pull-") as work:
-            local, digest = _fetch_source(source, Path(work), expected, limits, roots)
+            try:
+                local, digest = _fetch_source(source, Path(work), expected, limits, roots, env)
+            except DatasetError as exc:
+                clearer = _missing_in_mirror(exc, located, origin, setting) if located else None
+                if clearer is None:
+                    raise
+                raise clearer from None
             prefix = _unpack(local, out / CHECKPOINT_DIR, source, limits)
-        manifest = artifacts.BaseModelManifest(
-            model=entry.name, uri=source, sha256=digest, pinned=expected is not None,
-            checkpoint=prefix.relative_to(out).as_posix(), modules=entry.checkpoint.modules,
-            trained_on=entry.checkpoint.trained_on,
-        )
-        earlier = artifacts.TrainedModelManifest.read_if_present(out / CHECKPOINT_DIR)
-        if earlier is not None:
-            manifest = fine_tuning(manifest, earlier, source)
-        manifest.write(out)
+        manifest = _describe(entry, origin, digest, expected, out, prefix.relative_to(out).as_posix(),
+                             mirror=located)
         if store is not None and not store.exists(f"{CACHE_PREFIX}/{digest}/{artifacts.BASE_MODEL_MANIFEST}"):
             store.put_dir(out, f"{CACHE_PREFIX}/{digest}")
+        if not expected:
+            _record_digest(store, origin, digest, recorded)
     except BaseException:
         _clear(out, created)
         raise
@@ -253,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-spec", default="", help="the model's catalog entry as JSON")
     parser.add_argument("--uri", default="", help="checkpoint to use instead of the catalog's")
     parser.add_argument("--sha256", default="", help="expected sha256 (of the archive, or of the folder's files)")
-    parser.add_argument("--mirror", default="", help="look the file up by name under this location instead")
+    parser.add_argument("--mirror", default="", help="look the file up by name under this location instead "
+                        f"(wins over {MODEL_MIRROR_VAR}, which maps <host>/<path> under a bucket prefix)")
     parser.add_argument("--out", type=Path, required=True)
     ns = parser.parse_args(argv)
     manifest = pull(ns.model, ns.model_spec, ns.uri, ns.sha256, ns.out, mirror=ns.mirror or None,
@@ -261,8 +367,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if manifest.get("checkpoint") is None:
         print(f"{manifest['model']}: no base checkpoint; training starts from scratch")
     else:
-        state = "from the cache" if manifest.get("cached") else f"from {manifest['uri']}"
-        pinned = "verified" if manifest.get("pinned") else "not pinned in the catalog"
+        cached = manifest.get("cached")
+        state = f"from the cache ({manifest['cache']})" if cached else f"from {_redact(manifest['uri'])}"
+        if manifest.get("mirror"):
+            state += f" (the mirror's copy, {_redact(manifest['mirror'])})"
+        pinned = "verified" if manifest.get("pinned") else "not pinned; the digest of its first pull is recorded"
         print(f"{manifest['model']}: base checkpoint {manifest['checkpoint']} {state} "
               f"(sha256 {manifest['sha256']}, {pinned})")
     return 0
