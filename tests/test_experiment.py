@@ -153,6 +153,9 @@ def test_batch_norm_is_synchronised_only_across_replicas(dataset, tmp_path):
         assert not plan_for(name, dataset, tmp_path).config.task.model.norm_activation.use_sync_bn
         plan = plan_for(name, dataset, tmp_path, Arguments(batch_size=8, num_clones=2), gpus_available=2)
         assert plan.config.task.model.norm_activation.use_sync_bn
+        # 16 images per replica give good statistics on their own: no all-reduce per BN layer
+        plan = plan_for(name, dataset, tmp_path, Arguments(batch_size=32, num_clones=2), gpus_available=2)
+        assert plan.per_replica_batch == 16 and not plan.config.task.model.norm_activation.use_sync_bn
 
 
 def test_batch_norm_averages_span_a_small_part_of_the_run(dataset, tmp_path):
@@ -487,6 +490,48 @@ def test_build_experiment_applies_the_coco_fixes(dataset, tmp_path):
     plan_for("ssd-mobilenet-v2-coco", dataset, tmp_path)
     assert coco_utils.convert_groundtruths_to_coco_dataset is not unpatched(coco_utils.convert_groundtruths_to_coco_dataset)
     assert cocoeval.COCOeval.summarize is not unpatched(cocoeval.COCOeval.summarize)
+
+
+def test_sync_batch_norm_all_reduces_once_per_layer_with_the_same_statistics(monkeypatch):
+    """The patched synchronised BN sends one stacked all-reduce per call; output and gradients are unchanged."""
+    import tf_keras
+    from tf_keras.src.layers.normalization import batch_normalization
+
+    base = batch_normalization.BatchNormalizationBase
+    monkeypatch.setattr(base, "_sync_calculate_mean_and_var", unpatched(base._sync_calculate_mean_and_var))
+    calls = []
+    all_reduce = tf.distribute.ReplicaContext.all_reduce
+    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce",
+                        lambda self, op, value, options=None: calls.append(value) or all_reduce(self, op, value, options))
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    x = tf.random.stateless_normal((4, 5, 5, 3), seed=(1, 2), mean=2.0)
+
+    def run() -> list[np.ndarray]:
+        with strategy.scope():
+            layer = tf_keras.layers.BatchNormalization(synchronized=True, momentum=0.5)
+            layer.build(x.shape)
+
+        @tf.function
+        def step():
+            def replica():
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    loss = tf.reduce_sum(layer(x, training=True) ** 3)
+                return loss, tape.gradient(loss, x)
+            return strategy.run(replica)
+        loss, grad = step()
+        return [loss.numpy(), grad.numpy(), layer.moving_mean.numpy(), layer.moving_variance.numpy()]
+
+    before, three = run(), len(calls)
+    assert compat.patch_sync_batch_norm_single_all_reduce() is True
+    assert compat.patch_sync_batch_norm_single_all_reduce() is False  # idempotent
+    calls.clear()
+    after = run()
+    # forward and backward: three all-reduces before (the count gets no gradient), one now
+    assert (three, len(calls)) == (3 + 2, 1 + 1)
+    assert calls[0].shape == (3, 1, 1, 1, 3)  # sum, sum of squares and count per channel, stacked
+    for old, new in zip(before, after, strict=True):
+        np.testing.assert_allclose(new, old, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -145,8 +145,11 @@ _SAME_BATCH = ("task.train_data.shuffle_buffer_size=1", "task.train_data.parser.
                "task.train_data.parser.aug_scale_min=1.0", "task.train_data.parser.aug_scale_max=1.0")
 #: Synchronised batch norm is what the plan turns on for num_clones > 1 (see the test below), but
 #: tracing it under MirroredStrategy walks the graph once per all-reduce in TensorFlow's
-#: custom_gradient (three per layer, forward and backward): over 5 min of tracing for this model on 2
-#: cores. This run turns it off to stay short; the BN layers then normalise each replica's half batch.
+#: custom_gradient (one per layer with compat.patch_sync_batch_norm_single_all_reduce, forward and
+#: backward), and with the CPU replicas' ReductionToOneDevice each walk crosses into the other
+#: replica's graph: quadratic in depth, minutes of tracing for this model on 2 cores (a CPU artefact:
+#: NCCL on GPUs reduces per device and the walk stops at once). This run turns it off to stay short;
+#: the BN layers then normalise each replica's half batch.
 _NO_SYNC_BN = "task.model.norm_activation.use_sync_bn=false"
 #: First-step loss, one device vs two replicas, relative. Measured 0.8%: each replica normalises its
 #: loss by its own positive anchors (RetinaNet) and its BN statistics come from its half of the batch.

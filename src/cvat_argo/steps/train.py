@@ -52,7 +52,7 @@ def train(plan, out: Path) -> None:
     import tensorflow as tf
     from official.core import task_factory, train_lib
 
-    from ..training import restore
+    from ..training import evaluation, restore
     from ..training.experiment import set_precision_policy
     from ..training.reporting import reporting_controller
 
@@ -65,6 +65,8 @@ def train(plan, out: Path) -> None:
     # spares converting some 300 functions' source: the first step and evaluation start ~4 s sooner.
     task.train_step = tf.autograph.experimental.do_not_convert(task.train_step)
     task.validation_step = tf.autograph.experimental.do_not_convert(task.validation_step)
+    # Full eval batches on every replica, padding dropped before COCO: each val image counted once.
+    evaluation.pad_validation(task, plan.validation_steps)
     # The base checkpoint is restored by the catalog's restore mode (Model Garden's own initialize knows
     # no 'all-but-class-head'); Orbit calls this only when the model folder has no checkpoint yet.
     task.initialize = restore.initializer(plan.restore)
@@ -195,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     summary = run(ns.model, ns.model_spec, ns.args, ns.dataset, ns.base_model, ns.out, ns.resume_key, ns.override,
                   ns.eval_every_steps, ns.checkpoint_every_steps, ns.sync_every_seconds)
+    if "worker" in summary:  # not the chief: it printed its line, the chief reports the model
+        return 0
     final = summary["final"]
     print(f"trained {summary['model']} to step {summary['final_step']} in {summary['training_seconds']:.0f} s; "
           + (", ".join(f"{k} {v:.3f}" for k, v in final.items() if k in ("AP", "AP50", "AP75")) or "no evaluation"))

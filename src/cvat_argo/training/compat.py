@@ -113,7 +113,90 @@ def patch_coco_per_category_stats() -> bool:
     return True
 
 
+# --------------------------------------------------------------------------------------------------
+# Synchronised batch norm: one all-reduce per layer
+# --------------------------------------------------------------------------------------------------
+
+
+def _one_all_reduce_moments(self: Any, x: Any, reduction_axes: Any, keep_dims: bool, mask: Any = None) -> Any:
+    """tf_keras' ``_sync_calculate_mean_and_var`` with the three all-reduces stacked into one.
+
+    The same sums, counts and formulas as tf_keras 2.20; only the transport differs.
+    """
+    import tensorflow as tf
+
+    with tf.name_scope("moments"):
+        y = tf.cast(x, tf.float32) if x.dtype == tf.float16 else x  # fp16 cannot hold the sums
+        replica_ctx = tf.distribute.get_replica_context()
+        if not replica_ctx:
+            return self._no_sync_calculate_mean_and_var(x, reduction_axes, keep_dims, mask=mask)
+        if mask is not None:
+            mask_weights = tf.expand_dims(tf.cast(mask, y.dtype, name="mask_weights"), axis=-1,
+                                          name="mask_weights_broadcasted")
+            y *= mask_weights
+            local_count = tf.broadcast_to(mask_weights, tf.shape(y), name="count")
+        else:
+            local_count = tf.ones_like(y, name="count")
+        local = tf.stack([tf.reduce_sum(y, axis=reduction_axes, keepdims=True),
+                          tf.reduce_sum(tf.square(y), axis=reduction_axes, keepdims=True),
+                          tf.reduce_sum(local_count, axis=reduction_axes, keepdims=True)])
+        y_sum, y_squared_sum, count_sum = tf.unstack(replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, local))
+        mean = tf.math.divide_no_nan(y_sum, count_sum)
+        # var = E(x^2) - E(x)^2, which float arithmetic can leave slightly negative
+        variance = tf.maximum(tf.math.divide_no_nan(y_squared_sum, count_sum) - tf.square(mean), 0.0)
+        if not keep_dims:
+            mean = tf.squeeze(mean, reduction_axes)
+            variance = tf.squeeze(variance, reduction_axes)
+        if x.dtype == tf.float16:
+            return tf.cast(mean, tf.float16), tf.cast(variance, tf.float16)
+        return mean, variance
+
+
+def patch_sync_batch_norm_single_all_reduce() -> bool:
+    """Make synchronised batch norm all-reduce once per layer, not three times; True if it patched now.
+
+    ``norm_activation.use_sync_bn`` builds tf_keras ``BatchNormalization(synchronized=True)`` (or the
+    deprecated ``SyncBatchNormalization``, the same class underneath). In training its
+    ``_sync_calculate_mean_and_var`` calls ``ReplicaContext.all_reduce`` three times per layer (sum,
+    sum of squares, count), and every call is a ``merge_call`` (MirroredStrategy and
+    MultiWorkerMirroredStrategy use merge calls unless XLA compiles for GPUs only) wrapped in
+    ``tf.custom_gradient``, whose backward pass all-reduces the gradients again. In graph mode
+    ``custom_gradient`` walks the graph backwards from the reduced tensors to find the variables they
+    read, stopping at the all-reduce's inputs. Whether that is cheap depends on the transport:
+
+    * NCCL (MirroredStrategy's default on GPUs) and collective ops (MultiWorkerMirroredStrategy, and
+      its RING implementation on CPUs) give each device a reduced tensor computed from its own input
+      only: the walk stops at once. GPU pods do not pay the cost below.
+    * In-graph reductions (``ReductionToOneDevice``, ``HierarchicalCopyAllReduce``: the CPU replicas
+      of :mod:`cvat_argo.training.replicas`, or GPUs without NCCL) sum every replica's tensor on one
+      device, so each walk goes on through the *other* replicas' graphs back to the input pipeline:
+      per layer, forward and backward, over a graph that grows with every layer, so quadratic. This
+      is what made tracing one train step of ssd-mobilenet-v2-small on two CPU replicas take minutes.
+
+    Stacking the three statistics into one tensor makes one all-reduce (and one merge call, one
+    walk, one collective on the wire, one backward all-reduce) per layer instead of three, with
+    exactly the same sums and gradients (the gradient of a sum of stacked values is the stack of
+    the gradients). The one tensor is also one launch order on every replica, which per-tensor
+    collectives need. Calling this again is a no-op.
+    """
+    from tf_keras.src.layers.normalization import batch_normalization
+
+    cls = batch_normalization.BatchNormalizationBase
+    original: Callable[..., Any] = cls._sync_calculate_mean_and_var
+    if getattr(original, _PATCHED_MARK, False):
+        return False
+
+    @functools.wraps(original)
+    def _sync_calculate_mean_and_var(self: Any, x: Any, reduction_axes: Any, keep_dims: bool, mask: Any = None) -> Any:
+        return _one_all_reduce_moments(self, x, reduction_axes, keep_dims, mask=mask)
+
+    setattr(_sync_calculate_mean_and_var, _PATCHED_MARK, True)
+    cls._sync_calculate_mean_and_var = _sync_calculate_mean_and_var
+    return True
+
+
 def apply_all() -> None:
     """Every fix of this module (each idempotent): what a training or evaluation run calls first."""
     patch_coco_groundtruth_numpy2()
     patch_coco_per_category_stats()
+    patch_sync_batch_norm_single_all_reduce()

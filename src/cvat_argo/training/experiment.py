@@ -73,6 +73,12 @@ MIN_STEPS_BETWEEN_CHECKPOINTS = 40
 #: hundred steps from scratch the averages trail the weights so far that the model evaluates to AP 0
 #: for half the run (measured: AP50 0.0 at step 441 of 1,050 at 0.99; 0.52 at step 126 at 0.9).
 BN_WINDOW_FRACTION, BN_MOMENTUM_MIN, BN_MOMENTUM_MAX = 0.02, 0.9, 0.99
+#: Batch norm is synchronised across replicas only below this many images per replica. With 2-8 images
+#: a replica's own batch statistics are noisy enough to hurt (the case sync BN exists for); from 16 on
+#: they are about as good as the global batch's, while every BN layer still costs a latency-bound
+#: all-reduce in the forward and one in the backward pass (~120 per step for a MobileNetV2 RetinaNet;
+#: across nodes each is a network round trip that also makes the workers wait for each other).
+SYNC_BN_MAX_PER_REPLICA_BATCH = 16
 #: RetinaNet's NMS candidates per image. Model Garden's 5,000 is sized for COCO at 640 px (~77k
 #: anchors); with its v2 NMS on CPU an evaluation batch of 8 at 256 px (12k anchors) took 1.4 s at
 #: 5,000 and 0.18 s at 1,000, and the 100 detections an image keeps come from far fewer than 1,000.
@@ -461,6 +467,8 @@ def build_experiment(
     warmup_steps = min(MAX_WARMUP_STEPS, max(1, round(WARMUP_FRACTION * total_steps)))
     learning_rate = arguments.initial_learning_rate or entry.initial_learning_rate
     eval_batch = global_batch
+    # The last step's batch is filled with padding images the COCO evaluator ignores (training.evaluation):
+    # a replica left without images would crash, and every image must count once on any replica count.
     validation_steps = math.ceil(dataset.val_images / eval_batch)
     eval_interval = (_positive("eval_every_steps", eval_every_steps)
                      or steps_per_epoch * math.ceil(epochs / MAX_EVALUATIONS))
@@ -486,8 +494,9 @@ def build_experiment(
         if entry.masks and model.mask_head is None:
             raise ArgumentError(f"model {entry.name} trains masks but experiment {entry.experiment} has no mask head")
         model.include_mask = entry.masks
-    # Synchronised batch norm only pays off across replicas; on one device it costs ~25% of a CPU step.
-    model.norm_activation.use_sync_bn = num_clones * workers > 1
+    # Synchronised batch norm only pays off across replicas (on one device it costs ~25% of a CPU step)
+    # and only for small per-replica batches (SYNC_BN_MAX_PER_REPLICA_BATCH).
+    model.norm_activation.use_sync_bn = num_clones * workers > 1 and per_replica_batch < SYNC_BN_MAX_PER_REPLICA_BATCH
     model.norm_activation.norm_momentum = batch_norm_momentum(total_steps)
     if entry.architecture == "retinanet":
         generator = model.detection_generator

@@ -104,5 +104,7 @@ def distribution_strategy(runtime: Any, num_clones: int) -> Any:
         raise ArgumentError(f"num_clones={num_clones} CPU replicas but TensorFlow has {len(cpus)} CPU device(s); "
                             f"set {CPU_REPLICAS_ENV}={num_clones}")
     # Reduction through one device: NCCL is GPU-only, and the CPU replicas share one host's memory anyway.
+    # Unlike NCCL it sums both replicas' tensors in one graph, which makes tracing synchronised batch
+    # norm quadratic in depth (training.compat.patch_sync_batch_norm_single_all_reduce).
     return tf.distribute.MirroredStrategy(devices=cpus[:num_clones],
                                           cross_device_ops=tf.distribute.ReductionToOneDevice())
