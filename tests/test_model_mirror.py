@@ -7,9 +7,7 @@ uses. A second pull of an unpinned source is served by the digest recorded the f
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +25,7 @@ from cvat_argo.steps.pull import BY_URI_PREFIX, main, pull
 from cvat_argo.storage import fetch as fetch_module
 from cvat_argo.storage.mirror import MODEL_MIRROR_VAR, mirror_location, model_mirror, parse_mirror
 from cvat_argo.storage.store import minio_client, store_from_env
+from support.base_models import checkpoint_archive
 from support.fixtures_servers import http_server, s3_server  # noqa: F401
 
 tf = pytest.importorskip("tensorflow")
@@ -45,10 +44,7 @@ def checkpoints(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def archive(checkpoints, tmp_path_factory) -> tuple[Path, str]:
-    path = tmp_path_factory.mktemp("archive") / "base.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(checkpoints, arcname="model/checkpoints")
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+    return checkpoint_archive(checkpoints, tmp_path_factory.mktemp("archive") / "base.tar.gz")
 
 
 @pytest.fixture

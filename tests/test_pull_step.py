@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -17,6 +16,7 @@ from cvat_argo.request.catalog import entry_from_parameters
 from cvat_argo.steps.pull import main, mirrored, newest_checkpoint, pull
 from cvat_argo.storage.fetch import MODEL_ROOTS_VAR
 from cvat_argo.storage.store import LocalStore, minio_client, store_from_env
+from support.base_models import checkpoint_archive
 from support.fixtures_servers import http_server, s3_server  # noqa: F401
 
 tf = pytest.importorskip("tensorflow")
@@ -33,10 +33,7 @@ def checkpoints(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def archive(checkpoints, tmp_path_factory) -> tuple[Path, str]:
-    path = tmp_path_factory.mktemp("archive") / "base.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(checkpoints, arcname="model/checkpoints")
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+    return checkpoint_archive(checkpoints, tmp_path_factory.mktemp("archive") / "base.tar.gz")
 
 
 def weights(out: Path) -> list[float]:
